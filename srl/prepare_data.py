@@ -1,0 +1,46 @@
+"""Build IFT, EFT and the held-out split from an oasst1 source and print their counts.
+
+    python -m srl.prepare_data data=oasst_local data.source.path=../shared/data/oasst1/en_validation.jsonl
+
+Writes ``ift_train.jsonl``, ``eft_train.jsonl``, ``ift_heldout.jsonl``, ``ranked_heldout.jsonl``,
+``heldout_tree_ids.json`` and ``counts.json`` to the Hydra run dir (``hydra.run.dir=DIR`` chooses it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from srl import oasst
+from srl.generation import sample_texts
+from srl.run import CONF_DIR
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def main(cfg: DictConfig) -> dict[str, int]:
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    source = instantiate(cfg.data.source)
+    settings = instantiate(cfg.data.build)
+    template = instantiate(cfg.judge.template)
+    judge_fn = None
+    if settings.eft_mode == "paper":
+        model, tokenizer = instantiate(cfg.model).load()
+        sampling = instantiate(cfg.data.eft_sampling)
+
+        def judge_fn(prompts, seeds):
+            return sample_texts(model, tokenizer, prompts, seeds, sampling)
+
+    result = oasst.build(source.load(), settings, template, judge_fn)
+    result.write(out_dir)
+    print(f"source: {source.describe()}  ->  {out_dir}")
+    for key, value in result.counts.items():
+        print(f"  {key:<40} {value}")
+    return result.counts
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""Supervised fine-tuning on IFT + EFT (M0 -> M1, paper Sec. 3.1 and 4.1).
+
+``SFTModule`` wires the model to ``losses.sft_loss`` (loss on reply tokens only); ``SFTDataModule``
+batches encoded examples with right padding. ``SFTSettings`` is what ``conf/sft`` builds: the
+effective batch is reached by gradient accumulation over micro-batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+from typing import Any, Callable, Sequence
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from srl.chat import EncodedExample, collate_right
+from srl.losses import sft_loss
+
+log = logging.getLogger(__name__)
+
+DROPOUT_CONFIG_KEYS = ("attention_dropout", "hidden_dropout", "hidden_dropout_prob", "attention_probs_dropout_prob", "resid_pdrop", "embd_pdrop", "attn_pdrop", "dropout")
+
+
+@dataclasses.dataclass
+class SFTSettings:
+    """SFT hyper-parameters (paper: lr 5.5e-6 -> 1.1e-6, batch 16, dropout 0.1)."""
+
+    optimizer: Callable[..., torch.optim.Optimizer]
+    scheduler: Callable[..., Any] | None = None
+    batch_size: int = 16
+    micro_batch_size: int = 4
+    max_epochs: int = 1
+    max_length: int = 1024
+    dropout: float | None = 0.1
+    use_eft: bool = True
+    max_ift_examples: int | None = None
+    max_eft_examples: int | None = None
+    max_val_examples: int | None = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batch_size % self.micro_batch_size:
+            raise ValueError(f"sft.batch_size ({self.batch_size}) must be a multiple of sft.micro_batch_size ({self.micro_batch_size})")
+
+    @property
+    def accumulate_grad_batches(self) -> int:
+        return self.batch_size // self.micro_batch_size
+
+
+def set_dropout(model: torch.nn.Module, p: float) -> dict[str, float]:
+    """Set dropout to ``p`` in the model config's dropout fields and every ``nn.Dropout``.
+
+    Returns the previous config values so they can be restored before saving. Architectures whose
+    config has only attention dropout (Llama) get dropout there alone: the paper's 0.1 cannot be
+    applied to residual streams that have no dropout layer.
+    """
+    previous = {}
+    for key in DROPOUT_CONFIG_KEYS:
+        if isinstance(getattr(model.config, key, None), (int, float)):
+            previous[key] = getattr(model.config, key)
+            setattr(model.config, key, p)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+        elif hasattr(module, "attention_dropout") and isinstance(module.attention_dropout, float):
+            module.attention_dropout = p  # HF attention modules read this float at call time
+    if not previous:
+        log.warning("model config has no dropout field; dropout %.2f applies only to nn.Dropout layers", p)
+    return previous
+
+
+def restore_dropout(model: torch.nn.Module, previous: dict[str, float]) -> None:
+    for key, value in previous.items():
+        setattr(model.config, key, value)
+    for module in model.modules():
+        if hasattr(module, "attention_dropout") and isinstance(module.attention_dropout, float):
+            module.attention_dropout = previous.get("attention_dropout", 0.0)
+
+
+class SFTModule(L.LightningModule):
+    """Next-token loss on completion tokens; logs ``<prefix>/loss``, ``/tokens``, ``/lr``, ``/val_loss``."""
+
+    def __init__(self, model: torch.nn.Module, settings: SFTSettings, metric_prefix: str = "m1/sft") -> None:
+        super().__init__()
+        self.model = model
+        self.settings = settings
+        self.prefix = metric_prefix
+        self._val_sum = torch.zeros(())
+        self._val_tokens = torch.zeros(())
+        self.tokens_seen = 0
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, n_tokens = sft_loss(self(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+        self.tokens_seen += int(batch["attention_mask"].sum())
+        self.log(f"{self.prefix}/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        self.log(f"{self.prefix}/target_tokens", n_tokens.float(), reduce_fx="sum", batch_size=1)
+        self.log(f"{self.prefix}/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=1)
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_sum = torch.zeros((), device=self.device)
+        self._val_tokens = torch.zeros((), device=self.device)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss, n_tokens = sft_loss(self(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+        self._val_sum += loss.detach() * n_tokens
+        self._val_tokens += n_tokens
+
+    def on_validation_epoch_end(self) -> None:
+        # Token-weighted mean over the whole validation set, not a mean of batch means.
+        self.log(f"{self.prefix}/val_loss", self._val_sum / self._val_tokens.clamp(min=1), prog_bar=True, sync_dist=True)
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = self.settings.optimizer(params)
+        if self.settings.scheduler is None:
+            return optimizer
+        scheduler = self.settings.scheduler(optimizer, total_steps=self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class SFTDataModule(L.LightningDataModule):
+    """Right-padded micro-batches of encoded examples; training order is shuffled with ``seed``."""
+
+    def __init__(self, train: Sequence[EncodedExample], val: Sequence[EncodedExample], micro_batch_size: int, pad_id: int, seed: int = 0) -> None:
+        super().__init__()
+        if not train:
+            raise ValueError("no SFT training examples: check the data files and sft.max_length")
+        self.train, self.val = list(train), list(val)
+        self.micro_batch_size, self.pad_id, self.seed = micro_batch_size, pad_id, seed
+
+    def _loader(self, data: list[EncodedExample], shuffle: bool) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            data, batch_size=self.micro_batch_size, shuffle=shuffle, generator=generator,
+            collate_fn=lambda exs: collate_right(exs, self.pad_id),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader(self.val, shuffle=False) if self.val else []
+
+
+def cap(items: Sequence[Any], limit: int | None, seed: int) -> list[Any]:
+    """At most ``limit`` items, a seeded random subset in the original order (all if ``limit`` is None)."""
+    if limit is None or len(items) <= limit:
+        return list(items)
+    keep = sorted(random.Random(seed).sample(range(len(items)), limit))
+    return [items[i] for i in keep]

@@ -1,0 +1,128 @@
+"""Prompt templates: the LLM-as-a-Judge prompt and the judge's target text.
+
+The built-in judge follows the paper's additive 5-point rubric (Yuan et al., 2024, Fig. 2), written
+in our own words: one point each for relevance, for covering a substantial part of the question,
+for usefully answering its basic elements, for a clear and well-organised assistant-style answer,
+and for an expert, tailored answer; then a short justification and a last line ``Score: N``.
+
+A user may point the config at their own template file (for instance the paper's verbatim text);
+it must contain the placeholders ``{prompt}`` and ``{response}`` and no others (write literal
+braces as ``{{`` and ``}}``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import string
+from pathlib import Path
+
+PLACEHOLDERS = frozenset({"prompt", "response"})
+
+ADDITIVE_5POINT = """\
+Evaluate the response below to the user's request. Use an additive scale from 0 to 5: begin at 0 \
+and award points one criterion at a time.
+- Award 1 point when the response is on topic and gives at least some information that bears on \
+the request, even if it is incomplete or partly beside the point.
+- Award a 2nd point when the response deals with a substantial part of the request, even if it \
+does not settle it completely or give a direct answer.
+- Award a 3rd point when the response usefully answers the essential parts of the request, even \
+if it reads like a search result or is not written as an assistant would write it.
+- Award a 4th point when the response is written from an AI assistant's point of view, answers the \
+request directly and fully, and is clear, well organised and helpful, with at most small room \
+for more clarity, focus or brevity.
+- Award a 5th point when the response fits the request exactly: focused, engaging and insightful, \
+showing expert knowledge, with nothing superfluous.
+
+User request:
+{prompt}
+
+<response>
+{response}
+</response>
+
+Having read the request and the response, first justify your total in no more than 100 words. \
+Then give the total alone on the last line, as "Score: <points>"."""
+
+# Phrases for the additive criteria, used to write justifications when the score is derived from
+# human rankings (EFT "ranked" mode): criterion i is met for every i <= score.
+CRITERIA_MET = (
+    "it is on topic and gives information that bears on the request",
+    "it deals with a substantial part of the request",
+    "it usefully answers the essential parts of the request",
+    "it is a clear, direct and well-organised assistant answer",
+    "it fits the request exactly, with expert, focused content and nothing superfluous",
+)
+CRITERIA_UNMET = (
+    "it is not on topic and gives no information that bears on the request",
+    "it does not deal with a substantial part of the request",
+    "it does not usefully answer the essential parts of the request",
+    "it is not a clear, direct and well-organised assistant answer",
+    "it is not tailored to the request with expert, focused content",
+)
+
+BUILTIN_TEMPLATES = {"additive5": ADDITIVE_5POINT}
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgeTemplate:
+    """A judge prompt with its score range; ``render`` fills ``{prompt}`` and ``{response}``."""
+
+    text: str
+    name: str = "additive5"
+    min_score: int = 0
+    max_score: int = 5
+
+    def __post_init__(self) -> None:
+        validate_placeholders(self.text, where=f"judge template '{self.name}'")
+
+    def render(self, prompt: str, response: str) -> str:
+        return self.text.format(prompt=prompt.strip(), response=response.strip())
+
+
+def validate_placeholders(text: str, where: str) -> None:
+    """Raise ``ValueError`` unless ``text`` uses exactly the placeholders {prompt} and {response}."""
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
+    except ValueError as exc:
+        raise ValueError(f"{where}: cannot parse placeholders ({exc}); write literal braces as '{{{{' and '}}}}'") from None
+    missing = sorted(PLACEHOLDERS - fields)
+    extra = sorted(fields - PLACEHOLDERS)
+    if missing or extra:
+        raise ValueError(
+            f"{where}: needs exactly the placeholders {{prompt}} and {{response}}; "
+            f"missing {missing}, unknown {extra} (write literal braces as '{{{{' and '}}}}')"
+        )
+
+
+def load_judge_template(name: str = "additive5", path: str | None = None, min_score: int = 0, max_score: int = 5) -> JudgeTemplate:
+    """The built-in template ``name``, or the user's template file at ``path`` (validated)."""
+    if path:
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise FileNotFoundError(f"judge template file not found: {file}")
+        return JudgeTemplate(file.read_text(encoding="utf-8"), name=str(file), min_score=min_score, max_score=max_score)
+    if name not in BUILTIN_TEMPLATES:
+        raise ValueError(f"unknown built-in judge template '{name}'; choose one of {sorted(BUILTIN_TEMPLATES)} or set a path")
+    return JudgeTemplate(BUILTIN_TEMPLATES[name], name=name, min_score=min_score, max_score=max_score)
+
+
+def render_judge_target(justification: str, score: int | float) -> str:
+    """The judge's answer: the justification, then the total alone on the last line."""
+    shown = int(score) if float(score).is_integer() else score
+    return f"{justification.strip()}\nScore: {shown}"
+
+
+def rubric_justification(score: int) -> str:
+    """A justification consistent with the additive rubric for an integer ``score`` in 0..5.
+
+    Criteria 1..score are met; criterion score+1 (if any) is the first one missed.
+    """
+    if not 0 <= score <= 5:
+        raise ValueError(f"score must be in 0..5, got {score}")
+    if score == 0:
+        return f"The response earns no points: {CRITERIA_UNMET[0]}."
+    met = "; ".join(CRITERIA_MET[:score])
+    text = f"The response earns {score} point{'s' if score > 1 else ''}: {met}."
+    if score < 5:
+        text += f" It earns no more because {CRITERIA_UNMET[score]}."
+    return text

@@ -1,0 +1,90 @@
+"""SFT on the tiny model: parameters change, the loss on a fixed batch falls, dropout is wired."""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import lightning as L
+import torch
+
+from srl.chat import collate_right, encode_sft
+from srl.losses import sft_loss
+from srl.records import IFTExample
+from srl.schedules import warmup_cosine
+from srl.sft import SFTDataModule, SFTModule, SFTSettings, restore_dropout, set_dropout
+
+PAIRS = [
+    ("Name a primary colour.", "Red is a primary colour."),
+    ("What is two plus two?", "Two plus two is four."),
+    ("Say hello in French.", "Bonjour means hello."),
+    ("Give a fruit that is yellow.", "A banana is yellow."),
+]
+
+
+def settings(**overrides) -> SFTSettings:
+    base = dict(
+        optimizer=functools.partial(torch.optim.AdamW, lr=3e-3),
+        scheduler=functools.partial(warmup_cosine, final_lr=3e-4),
+        batch_size=4, micro_batch_size=2, max_epochs=8, max_length=128, dropout=0.0,
+    )
+    base.update(overrides)
+    return SFTSettings(**base)
+
+
+def fixed_batch_loss(model, batch) -> float:
+    model.eval()
+    with torch.no_grad():
+        loss, _ = sft_loss(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"])
+    model.train()
+    return float(loss)
+
+
+def test_sft_changes_parameters_and_lowers_loss(tiny):
+    model, tok = copy.deepcopy(tiny[0]), tiny[1]
+    ift = [IFTExample(prompt=p, response=r, tree_id=str(i), message_id=str(i)) for i, (p, r) in enumerate(PAIRS)]
+    encoded, counts = encode_sft(tok, ift, [], max_length=128)
+    assert counts["ift_examples"] == 4
+    batch = collate_right(encoded, tok.pad_token_id)
+    before_params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    loss_before = fixed_batch_loss(model, batch)
+
+    s = settings()
+    module = SFTModule(model, s, metric_prefix="m1/sft")
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=s.max_epochs, accumulate_grad_batches=s.accumulate_grad_batches,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )
+    trainer.fit(module, datamodule=SFTDataModule(encoded, [], s.micro_batch_size, tok.pad_token_id))
+
+    loss_after = fixed_batch_loss(model, batch)
+    assert loss_after < loss_before - 0.5, (loss_before, loss_after)
+    changed = [n for n, p in model.named_parameters() if not torch.equal(p, before_params[n])]
+    assert len(changed) == len(before_params)
+    # 4 examples, micro-batch 2, accumulation 2 -> 1 optimizer step per epoch.
+    assert trainer.global_step == 8
+    # The schedule ran: the last lr is near the floor (3e-4), well below the base (3e-3).
+    assert trainer.optimizers[0].param_groups[0]["lr"] < 1e-3
+    assert trainer.callback_metrics["m1/sft/loss"] > 0
+
+
+def test_set_dropout_reaches_attention_and_restores(tiny):
+    model = copy.deepcopy(tiny[0])
+    previous = set_dropout(model, 0.1)
+    assert previous == {"attention_dropout": 0.0}
+    assert model.config.attention_dropout == 0.1
+    assert all(layer.self_attn.attention_dropout == 0.1 for layer in model.model.layers)
+    # In train mode dropout makes two forwards differ; in eval mode they agree.
+    ids = torch.tensor([[3, 4, 5, 6, 7, 8]])
+    model.train()
+    assert not torch.equal(model(input_ids=ids).logits, model(input_ids=ids).logits)
+    restore_dropout(model, previous)
+    assert model.config.attention_dropout == 0.0
+    assert torch.equal(model(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+def test_batch_must_divide_into_micro_batches():
+    import pytest
+
+    with pytest.raises(ValueError, match="multiple"):
+        settings(batch_size=5, micro_batch_size=2)

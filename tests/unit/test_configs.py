@@ -1,0 +1,79 @@
+"""Every experiment composes, and everything that needs no weights instantiates."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+
+from conftest import ROOT, compose
+from srl.generation import SamplingSettings
+from srl.loop import LoopSettings
+from srl.models import EmbeddedSmolLM2Spec, HFModelSpec, TinyModelSpec
+from srl.oasst import BuildSettings, OasstSource
+from srl.sft import SFTSettings
+from srl.templates import JudgeTemplate
+
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+
+
+def test_experiments_exist():
+    assert {"paper", "smoke"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("experiment", [None] + EXPERIMENTS)
+def test_experiment_composes_and_instantiates(experiment):
+    cfg = compose([f"+experiment={experiment}"] if experiment else [])
+    assert isinstance(instantiate(cfg.model), (EmbeddedSmolLM2Spec, HFModelSpec, TinyModelSpec))
+    assert isinstance(instantiate(cfg.data.source), OasstSource)
+    assert isinstance(instantiate(cfg.data.build), BuildSettings)
+    assert isinstance(instantiate(cfg.data.eft_sampling), SamplingSettings)
+    assert isinstance(instantiate(cfg.judge.template), JudgeTemplate)
+    for node in (cfg.judge.sampling, cfg.generation.sampling, cfg.prompt_gen.sampling):
+        assert isinstance(instantiate(node), SamplingSettings)
+    sft = instantiate(cfg.sft)
+    assert isinstance(sft, SFTSettings) and isinstance(sft.optimizer, functools.partial)
+    assert isinstance(instantiate(cfg.trainer), functools.partial)
+    assert isinstance(instantiate(cfg.iteration), LoopSettings)
+    for node in (cfg.dpo.optimizer, cfg.dpo.scheduler):
+        assert isinstance(instantiate(node), functools.partial)
+
+
+def test_experiment_files_start_with_package_and_command():
+    for name in EXPERIMENTS:
+        lines = (ROOT / "conf" / "experiment" / f"{name}.yaml").read_text().splitlines()
+        assert lines[0] == "# @package _global_", name
+        assert lines[1] == f"# python -m srl.run +experiment={name}", name
+
+
+def test_paper_values():
+    cfg = compose(["+experiment=paper"])
+    assert cfg.model.name_or_path == "meta-llama/Llama-2-70b-hf"
+    assert cfg.data.source.path is None and cfg.data.source.hub_id == "OpenAssistant/oasst1"
+    assert cfg.generation.num_candidates == 4
+    assert (cfg.generation.sampling.temperature, cfg.generation.sampling.top_p) == (0.7, 0.9)
+    assert cfg.judge.num_samples == 3
+    assert cfg.prompt_gen.num_human_shots + cfg.prompt_gen.num_model_shots == 8
+    assert (cfg.prompt_gen.sampling.temperature, cfg.prompt_gen.sampling.top_p) == (0.6, 0.9)
+    assert (cfg.sft.optimizer.lr, cfg.sft.scheduler.final_lr, cfg.sft.batch_size, cfg.sft.dropout) == (5.5e-6, 1.1e-6, 16, 0.1)
+    assert (cfg.dpo.optimizer.lr, cfg.dpo.scheduler.final_lr, cfg.dpo.batch_size, cfg.dpo.dropout, cfg.dpo.beta) == (1e-6, 1e-7, 16, 0.1, 0.1)
+    assert cfg.iteration.num_models == 3
+    assert cfg.data.build.eft_mode == "paper" and cfg.sft.use_eft
+
+
+def test_default_is_embedded_and_offline():
+    cfg = compose([])
+    assert cfg.model._target_ == "srl.models.EmbeddedSmolLM2Spec"
+    assert Path(instantiate(cfg.data.source).path).is_file()
+    assert cfg.logger.mode in ("offline", "disabled") or cfg.logger.mode == __import__("os").environ.get("WANDB_MODE")
+
+
+def test_config_typo_is_an_error():
+    from hydra.errors import ConfigCompositionException, InstantiationException
+
+    with pytest.raises(ConfigCompositionException):
+        compose(["sft.learning_rat=1.0"])
+    with pytest.raises(InstantiationException, match="stop_after"):
+        instantiate(compose(["iteration.stop_after=m9"]).iteration)

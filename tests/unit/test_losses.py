@@ -1,0 +1,46 @@
+"""SFT loss and token log-probabilities against hand computations."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from srl.chat import IGNORE_INDEX
+from srl.losses import sft_loss, token_logprobs
+
+
+def test_token_logprobs_and_sft_loss_by_hand():
+    # vocab 2; position t predicts token t+1. Logits [0, ln 3] give p = [1/4, 3/4].
+    ln3 = math.log(3.0)
+    logits = torch.tensor([[[0.0, ln3], [0.0, ln3], [0.0, 0.0]]])
+    labels = torch.tensor([[IGNORE_INDEX, 1, 0]])
+    # targets after shift: [1, 0]; p(1 | pos0) = 3/4, p(0 | pos1) = 1/4.
+    logprobs, mask = token_logprobs(logits, labels)
+    assert mask.tolist() == [[True, True]]
+    torch.testing.assert_close(logprobs, torch.tensor([[math.log(0.75), math.log(0.25)]]))
+    loss, n = sft_loss(logits, labels)
+    assert int(n) == 2
+    torch.testing.assert_close(loss, torch.tensor(-(math.log(0.75) + math.log(0.25)) / 2))
+
+
+def test_masked_positions_do_not_count():
+    logits = torch.zeros((1, 4, 5))
+    logits[0, 0, 2] = 100.0  # would dominate if position 1's label were counted
+    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 3, 4]])
+    loss, n = sft_loss(logits, labels)
+    # Two counted tokens, each under a uniform distribution over 5: loss = ln 5.
+    assert int(n) == 2
+    torch.testing.assert_close(loss, torch.tensor(math.log(5.0)))
+
+
+def test_loss_is_token_weighted_across_rows():
+    # Row 0 has 1 target token, row 1 has 3: the batch loss is the mean over 4 tokens, not over rows.
+    ln3 = math.log(3.0)
+    logits = torch.zeros((2, 4, 2))
+    logits[0, :, 1] = ln3  # p(1) = 3/4 everywhere in row 0
+    labels = torch.tensor([[IGNORE_INDEX, 1, IGNORE_INDEX, IGNORE_INDEX], [IGNORE_INDEX, 0, 0, 0]])
+    loss, n = sft_loss(logits, labels)
+    expected = -(math.log(0.75) + 3 * math.log(0.5)) / 4
+    assert int(n) == 4
+    torch.testing.assert_close(loss, torch.tensor(expected))

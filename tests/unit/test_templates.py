@@ -1,0 +1,189 @@
+"""Judge templates: rendering, placeholder validation, loading, targets and rubric justifications."""
+
+from __future__ import annotations
+
+import pytest
+
+from srl.scoring import parse_score
+from srl.templates import (
+    ADDITIVE_5POINT,
+    CRITERIA_MET,
+    CRITERIA_UNMET,
+    JudgeTemplate,
+    load_judge_template,
+    render_judge_target,
+    rubric_justification,
+    validate_placeholders,
+)
+
+# --------------------------------------------------------------------------- render
+
+
+def test_render_inserts_stripped_prompt_and_response():
+    t = JudgeTemplate("Q: {prompt}\nA: {response}\nEnd {{n}}.", name="mini")
+    # prompt "  What is 2+2? \n" strips to "What is 2+2?", response "\t4 \n\n" to "4";
+    # "{{n}}" is a literal and renders as "{n}"
+    assert t.render("  What is 2+2? \n", "\t4 \n\n") == "Q: What is 2+2?\nA: 4\nEnd {n}."
+
+
+def test_render_does_not_reinterpret_braces_in_inputs():
+    t = JudgeTemplate("[{prompt}]({response})")
+    # braces inside the inserted text are copied as they are
+    assert t.render("f(x) = {x}", "{prompt}") == "[f(x) = {x}]({prompt})"
+
+
+def test_render_order_independent_placeholders():
+    t = JudgeTemplate("R={response};P={prompt};P again={prompt}")
+    assert t.render("p", "r") == "R=r;P=p;P again=p"
+
+
+# --------------------------------------------------------------------------- built-in template
+
+
+def test_builtin_template_has_rubric_and_score_line():
+    t = load_judge_template()
+    assert t.name == "additive5" and (t.min_score, t.max_score) == (0, 5)
+    assert t.text == ADDITIVE_5POINT
+    # the five additive criteria, one point each
+    for marker in ("Award 1 point", "Award a 2nd point", "Award a 3rd point", "Award a 4th point", "Award a 5th point"):
+        assert t.text.count(marker) == 1, marker
+    assert "0 to 5" in t.text
+    assert "Score:" in t.text
+    rendered = t.render("How do I boil an egg?", "Put it in boiling water for 8 minutes.")
+    assert "How do I boil an egg?" in rendered and "Put it in boiling water for 8 minutes." in rendered
+    # the response sits inside the <response> markers
+    assert "<response>\nPut it in boiling water for 8 minutes.\n</response>" in rendered
+    # prompt comes before the response
+    assert rendered.index("How do I boil an egg?") < rendered.index("Put it in boiling")
+
+
+# --------------------------------------------------------------------------- placeholder validation
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("Only {prompt} here", "response"),  # missing {response}
+        ("Only {response} here", "prompt"),  # missing {prompt}
+        ("{prompt} {response} {answer}", "answer"),  # unknown placeholder
+        ("{prompt} {response} {}", "unknown"),  # positional placeholder is unknown too
+        ("{prompt} {response} {", "braces"),  # unbalanced opening brace
+        ("{prompt} {response} }", "braces"),  # unbalanced closing brace
+        ("{prompt} {response} {0}", "unknown"),
+    ],
+)
+def test_validate_placeholders_rejects(text, needle):
+    with pytest.raises(ValueError) as exc:
+        validate_placeholders(text, where="my template")
+    assert "my template" in str(exc.value) and needle in str(exc.value)
+
+
+def test_validate_placeholders_accepts_literal_braces():
+    validate_placeholders('Return JSON like {{"score": 3}} for {prompt} / {response}', where="x")
+    validate_placeholders("{{literal}} {prompt} {response} }}{{", where="x")
+
+
+def test_judge_template_constructor_validates():
+    with pytest.raises(ValueError):
+        JudgeTemplate("no placeholders at all")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def test_load_judge_template_from_user_file(tmp_path):
+    f = tmp_path / "judge.txt"
+    f.write_text("Rate {response} for {prompt} from 1 to 10.\nScore:", encoding="utf-8")
+    t = load_judge_template(path=str(f), min_score=1, max_score=10)
+    assert t.text == "Rate {response} for {prompt} from 1 to 10.\nScore:"
+    assert (t.min_score, t.max_score) == (1, 10)
+    assert t.name == str(f)
+    assert t.render(" hi ", " ok ") == "Rate ok for hi from 1 to 10.\nScore:"
+
+
+def test_load_user_file_with_bad_placeholders(tmp_path):
+    f = tmp_path / "judge.txt"
+    f.write_text("Rate {reply} for {prompt}", encoding="utf-8")
+    with pytest.raises(ValueError, match="reply"):
+        load_judge_template(path=str(f))
+
+
+def test_unknown_name_and_missing_file():
+    with pytest.raises(ValueError, match="no_such_template"):
+        load_judge_template("no_such_template")
+    with pytest.raises(FileNotFoundError):
+        load_judge_template(path="/nonexistent/dir/judge.txt")
+
+
+# --------------------------------------------------------------------------- judge target
+
+
+def test_render_judge_target():
+    assert render_judge_target("Fine.", 4) == "Fine.\nScore: 4"
+    # an integral float is shown without ".0"; a fractional one keeps its decimal
+    assert render_judge_target("Fine.", 4.0) == "Fine.\nScore: 4"
+    assert render_judge_target("Fine.", 3.5) == "Fine.\nScore: 3.5"
+    # justification is stripped
+    assert render_judge_target("  Fine.\n\n", 0) == "Fine.\nScore: 0"
+
+
+@pytest.mark.parametrize("score", [0, 1, 2, 3, 4, 5])
+def test_render_judge_target_parses_back(score):
+    # the target the judge learns must be readable by the score parser
+    assert parse_score(render_judge_target("Some words.\nMore words.", score)) == float(score)
+
+
+# --------------------------------------------------------------------------- rubric justifications
+
+
+def _named(text: str) -> int:
+    return sum(phrase in text for phrase in CRITERIA_MET)
+
+
+def test_rubric_justification_zero():
+    text = rubric_justification(0)
+    # 0 points: no criterion met; says why the first one is missed
+    assert "no points" in text
+    assert _named(text) == 0
+    assert CRITERIA_UNMET[0] in text
+    assert "no more because" not in text
+
+
+def test_rubric_justification_one():
+    text = rubric_justification(1)
+    # 1 point, singular; criterion 1 met, criterion 2 the first missed
+    assert "earns 1 point:" in text and "1 points" not in text
+    assert _named(text) == 1 and CRITERIA_MET[0] in text
+    assert "no more because" in text and CRITERIA_UNMET[1] in text
+
+
+def test_rubric_justification_three():
+    text = rubric_justification(3)
+    # criteria 1..3 met, 4 (index 3) missed
+    assert "earns 3 points:" in text
+    assert _named(text) == 3 and all(c in text for c in CRITERIA_MET[:3])
+    assert CRITERIA_MET[3] not in text
+    assert "no more because" in text and CRITERIA_UNMET[3] in text
+    assert sum(u in text for u in CRITERIA_UNMET) == 1
+
+
+def test_rubric_justification_five():
+    text = rubric_justification(5)
+    # all five met, nothing missed
+    assert "earns 5 points:" in text
+    assert _named(text) == 5
+    assert "no more because" not in text
+    assert not any(u in text for u in CRITERIA_UNMET)
+
+
+@pytest.mark.parametrize("score", [0, 1, 2, 3, 4, 5])
+def test_rubric_justification_no_more_iff_below_five(score):
+    text = rubric_justification(score)
+    assert ("no more because" in text) == (0 < score < 5)
+    assert _named(text) == score
+
+
+@pytest.mark.parametrize("score", [-1, 6, 100])
+def test_rubric_justification_out_of_range(score):
+    with pytest.raises(ValueError):
+        rubric_justification(score)
