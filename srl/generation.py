@@ -1,15 +1,17 @@
-"""Sampling text from a causal LM in left-padded batches.
+"""Sampling from a causal LM: batched, left-padded, KV-cached, with one RNG per item.
 
-This is the straightforward engine (HF ``generate`` on length-sorted batches); the loop's stages
-call it through ``sample_texts`` so a faster engine can replace it without touching them.
-Repeatability: prompts are sorted by length and cut into fixed batches, and each batch's RNG is
-seeded from the seed of its first item, so the same inputs and seeds give the same texts.
+Every row of a batch samples with its own ``torch.Generator`` seeded from the item's seed, so an
+item's text does not depend on which other items share its batch through the RNG (floating-point
+results of a batched forward can still differ in the last bits with the padding, which is why the
+loop's stages batch items in fixed chunks: see ``loop.py``). Rows stop at EOS (or any id in
+``stop_ids``) and the batch stops when every row has. Temperature 0 is greedy decoding.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+import inspect
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -26,31 +28,111 @@ class SamplingSettings:
     batch_size: int = 16
 
 
+@dataclasses.dataclass(frozen=True)
+class Generated:
+    text: str
+    num_tokens: int
+    finished: bool  # ended with a stop token (False: cut at max_new_tokens)
+
+
+def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of tokens whose probability reaches ``top_p`` (nucleus); others -inf.
+
+    logits: (batch, vocab). The most likely token is always kept.
+    """
+    if top_p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+    probs = torch.softmax(sorted_logits, dim=-1)
+    # Drop a token when the mass before it already reaches top_p.
+    drop_sorted = (probs.cumsum(-1) - probs) >= top_p
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def sample_next(logits: torch.Tensor, settings: SamplingSettings, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """Next token per row: argmax when temperature <= 0, else temperature + top-p sampling."""
+    if settings.temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(top_p_filter(logits.float() / settings.temperature, settings.top_p), dim=-1)
+    return torch.stack([torch.multinomial(probs[i], 1, generator=g)[0] for i, g in enumerate(generators)])
+
+
+def _cache_argument(model: torch.nn.Module) -> str:
+    """transformers 5.x renamed ``past_key_values`` to ``cache``; accept both."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _cache_of(output: Any) -> Any:
+    return output["cache"] if "cache" in output else output["past_key_values"]
+
+
 @torch.no_grad()
-def sample_texts(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str], seeds: Sequence[int], settings: SamplingSettings) -> list[str]:
-    """One sampled reply per user prompt (chat template applied), in the order of ``prompts``."""
+def generate_ids(
+    model: torch.nn.Module, prompts: Sequence[Sequence[int]], seeds: Sequence[int], settings: SamplingSettings,
+    pad_id: int, stop_ids: Sequence[int],
+) -> list[tuple[list[int], bool]]:
+    """Continue each token-id prompt; returns (new ids without the stop token, finished) per prompt."""
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in collate_left(prompts, pad_id).items()}
+    attention = batch["attention_mask"]
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    stops = torch.tensor(list(stop_ids), device=device)
+    cache_arg = _cache_argument(model)
+    out = model(input_ids=batch["input_ids"], attention_mask=attention, position_ids=positions, use_cache=True)
+    past, logits = _cache_of(out), out.logits[:, -1, :]
+    last_pos = positions[:, -1:]
+    finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    tokens: list[list[int]] = [[] for _ in prompts]
+    for _ in range(settings.max_new_tokens):
+        nxt = sample_next(logits.cpu(), settings, generators).to(device)
+        hit = torch.isin(nxt, stops)
+        for i in torch.nonzero(~finished & ~hit).flatten().tolist():
+            tokens[i].append(int(nxt[i]))
+        finished |= hit
+        if bool(finished.all()):
+            break
+        nxt = nxt.masked_fill(finished, pad_id)
+        attention = torch.cat([attention, (~finished).long()[:, None]], dim=1)
+        last_pos = last_pos + 1
+        out = model(input_ids=nxt[:, None], attention_mask=attention, position_ids=last_pos, use_cache=True, **{cache_arg: past})
+        past, logits = _cache_of(out), out.logits[:, -1, :]
+    return [(t, bool(f)) for t, f in zip(tokens, finished.tolist())]
+
+
+def stop_token_ids(tokenizer: Any, model: torch.nn.Module) -> list[int]:
+    ids = {tokenizer.eos_token_id}
+    eos = getattr(model.generation_config, "eos_token_id", None) if getattr(model, "generation_config", None) else None
+    ids.update(eos if isinstance(eos, list) else [eos])
+    return sorted(i for i in ids if i is not None)
+
+
+def iter_batches(order: Sequence[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(order), size):
+        yield list(order[start:start + size])
+
+
+def sample_chat(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str], seeds: Sequence[int], settings: SamplingSettings) -> list[Generated]:
+    """One reply per user prompt (chat template applied), in the order of ``prompts``.
+
+    Prompts are sorted by length into batches of ``settings.batch_size`` so padding stays small.
+    """
     if len(prompts) != len(seeds):
         raise ValueError("one seed per prompt is needed")
     was_training = model.training
     model.eval()
     encoded = [tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: (len(encoded[i]), i))
-    out: list[str] = [""] * len(prompts)
-    device = next(model.parameters()).device
-    for start in range(0, len(order), settings.batch_size):
-        rows = order[start:start + settings.batch_size]
-        batch = {k: v.to(device) for k, v in collate_left([encoded[i] for i in rows], tokenizer.pad_token_id).items()}
-        torch.manual_seed(seeds[rows[0]])
-        greedy = settings.temperature <= 0
-        generated = model.generate(
-            **batch,
-            do_sample=not greedy,
-            temperature=None if greedy else settings.temperature,
-            top_p=None if greedy else settings.top_p,
-            max_new_tokens=settings.max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        for row, seq in zip(rows, generated[:, batch["input_ids"].shape[1]:]):
-            out[row] = tokenizer.decode(seq, skip_special_tokens=True).strip()
+    stops = stop_token_ids(tokenizer, model)
+    out: list[Generated | None] = [None] * len(prompts)
+    for rows in iter_batches(order, settings.batch_size):
+        results = generate_ids(model, [encoded[i] for i in rows], [seeds[i] for i in rows], settings, tokenizer.pad_token_id, stops)
+        for i, (ids, finished) in zip(rows, results):
+            out[i] = Generated(tokenizer.decode(ids, skip_special_tokens=True).strip(), len(ids), finished)
     model.train(was_training)
-    return out
+    return out  # type: ignore[return-value]
+
+
+def sample_texts(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str], seeds: Sequence[int], settings: SamplingSettings) -> list[str]:
+    return [g.text for g in sample_chat(model, tokenizer, prompts, seeds, settings)]

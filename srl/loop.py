@@ -1,9 +1,10 @@
 """The self-rewarding loop over a run directory (paper Sec. 3, Fig. 1).
 
 Stages, each reading the files of the one before and recorded in ``manifest.json`` when complete:
-``data`` (IFT/EFT/held-out files from oasst1) -> ``m1`` (SFT of M0 on IFT+EFT, saved to
-``m1/model``) -> for t = 1..T-1: AIFT(M_t) -> DPO -> M_{t+1} (not built yet: ``stop_after`` must
-name a stage that exists).
+``data`` (IFT/EFT/held-out files) -> ``m1`` (SFT of M0 on IFT+EFT) -> for t = 1..T-1:
+``iter{t}/prompts`` -> ``iter{t}/candidates`` -> ``iter{t}/judgements`` -> ``iter{t}/pairs``
+(with the reference log-probs of M_t) -> ``m{t+1}`` (DPO of M_t). Models are ``save_pretrained``
+folders at ``m{t}/model``.
 """
 
 from __future__ import annotations
@@ -18,35 +19,49 @@ from typing import Any, Callable
 
 import lightning as L
 
-from srl import oasst
+from srl import aift, oasst
 from srl.chat import encode_sft
+from srl.dpo import DPOModule, DPOSettings, collate_pairs, encode_pair, reference_logprobs
 from srl.generation import SamplingSettings, sample_texts
-from srl.models import save_model
-from srl.records import EFTExample, IFTExample, read_jsonl
+from srl.models import HFModelSpec, save_model
+from srl.pairs import select_pairs
+from srl.records import Candidate, EFTExample, IFTExample, Judgement, Pair, PartialJsonl, PromptAttempt, PromptRecord, read_jsonl, write_jsonl
 from srl.sft import SFTDataModule, SFTModule, SFTSettings, cap, restore_dropout, set_dropout
 from srl.stages import Manifest
-from srl.templates import JudgeTemplate
 from srl.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
-STAGES = ("data", "m1")
+ITERATION_STAGES = ("prompts", "candidates", "judgements", "pairs")
+
+
+class NoPairsError(RuntimeError):
+    """An iteration produced no usable preference pair; training on nothing is refused."""
+
+
+def stage_names(num_models: int) -> list[str]:
+    names = ["data", "m1"]
+    for t in range(1, num_models):
+        names += [f"iter{t}/{s}" for s in ITERATION_STAGES] + [f"m{t + 1}"]
+    return names
 
 
 @dataclasses.dataclass
 class LoopSettings:
-    """``num_models``: M1..M_T (paper: 3); ``stop_after``: the last stage to run."""
+    """``num_models``: M1..M_T (paper: 3); ``stop_after``: the last stage to run (None: all);
+    ``min_margin``: smallest score gap for a pair."""
 
     num_models: int = 3
-    stop_after: str = "m1"
+    stop_after: str | None = None
+    min_margin: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.stop_after not in STAGES:
-            raise ValueError(
-                f"iteration.stop_after={self.stop_after!r}: this version of srl runs the stages {STAGES} "
-                f"(the self-rewarding iterations M2.. are not built yet)"
-            )
+        if self.num_models < 1:
+            raise ValueError(f"iteration.num_models must be >= 1, got {self.num_models}")
+        names = stage_names(self.num_models)
+        if self.stop_after is not None and self.stop_after not in names:
+            raise ValueError(f"iteration.stop_after={self.stop_after!r} is not a stage of this run; stages: {names}")
 
 
 @dataclasses.dataclass
@@ -58,33 +73,46 @@ class DataSettings:
     eft_sampling: SamplingSettings = dataclasses.field(default_factory=SamplingSettings)
 
 
+def _replace_dir(tmp: Path, final: Path) -> None:
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+
+
 class SelfRewardingLoop:
     def __init__(
         self,
         run_dir: str | Path,
         model: Any,
         data: DataSettings,
-        judge: JudgeTemplate,
+        judge: aift.JudgeSettings,
         sft: SFTSettings,
         trainer_factory: Callable[..., L.Trainer],
         loop: LoopSettings,
         fingerprints: dict[str, str],
         tracker: Tracker,
+        prompt_gen: aift.PromptGenSettings | None = None,
+        generation: aift.CandidateSettings | None = None,
+        dpo: DPOSettings | None = None,
+        hook: aift.ChunkHook | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.model_spec, self.data, self.judge, self.sft = model, data, judge, sft
+        self.prompt_gen, self.generation, self.dpo = prompt_gen, generation, dpo
         self.trainer_factory, self.settings, self.fingerprints, self.tracker = trainer_factory, loop, fingerprints, tracker
+        self.hook = hook
         self.manifest = Manifest(self.run_dir)
+        self._loaded: tuple[str, Any, Any] | None = None
 
     def run(self) -> dict[str, Any]:
-        for stage in STAGES:
+        for stage in stage_names(self.settings.num_models):
             fingerprint = self.fingerprints[stage]
             if self.manifest.done(stage, fingerprint):
                 log.info("stage %s: already finished, skipped", stage)
                 self.tracker.summary.update(self.manifest.metrics(stage))
             else:
+                log.info("stage %s: running", stage)
                 started = time.perf_counter()
-                metrics, outputs = getattr(self, f"stage_{stage}")()
+                metrics, outputs = self.run_stage(stage)
                 metrics[f"time/{stage}_s"] = round(time.perf_counter() - started, 2)
                 self.tracker.log(metrics)
                 self.manifest.record(stage, fingerprint, metrics, outputs)
@@ -93,68 +121,193 @@ class SelfRewardingLoop:
         self.tracker.write_summary()
         return self.tracker.summary
 
-    # -- stages -------------------------------------------------------------------------------
+    def run_stage(self, stage: str) -> tuple[dict[str, Any], list[str]]:
+        if stage == "data":
+            return self.stage_data()
+        if stage == "m1":
+            return self.stage_m1()
+        if stage.startswith("iter"):
+            head, kind = stage.split("/")
+            return getattr(self, f"stage_{kind}")(int(head[4:]))
+        return self.stage_dpo(int(stage[1:]))
+
+    # -- models -------------------------------------------------------------------------------
+    def model_folder(self, t: int) -> Path:
+        return self.run_dir / f"m{t}" / "model"
+
+    def load(self, key: str, spec: Any) -> tuple[Any, Any]:
+        """Load a model once and keep it while consecutive stages use it (one model in memory)."""
+        if self._loaded is None or self._loaded[0] != key:
+            self._loaded = None
+            model, tokenizer = spec.load()
+            self._loaded = (key, model, tokenizer)
+        return self._loaded[1], self._loaded[2]
+
+    def load_m(self, t: int) -> tuple[Any, Any]:
+        return self.load(f"m{t}", HFModelSpec(str(self.model_folder(t)), dtype=getattr(self.model_spec, "dtype", "float32")))
+
+    def save(self, model: Any, tokenizer: Any, t: int) -> Path:
+        folder = self.model_folder(t)
+        tmp = folder.with_name("model.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.eval()
+        save_model(model, tokenizer, tmp)
+        _replace_dir(tmp, folder)
+        self._loaded = None  # the trained model in memory is no longer M_t of any folder but this one
+        return folder
+
+    # -- data and SFT ---------------------------------------------------------------------------
     def stage_data(self) -> tuple[dict[str, Any], list[str]]:
         messages = self.data.source.load()
         judge_fn = None
         if self.data.build.eft_mode == "paper":
-            model, tokenizer = self.model_spec.load()
+            model, tokenizer = self.load("m0", self.model_spec)
 
             def judge_fn(prompts: list[str], seeds: list[int]) -> list[str]:
                 return sample_texts(model, tokenizer, prompts, seeds, self.data.eft_sampling)
 
-        result = oasst.build(messages, self.data.build, self.judge, judge_fn)
-        out = self.run_dir / "data"
-        tmp = self.run_dir / "data.tmp"
+        result = oasst.build(messages, self.data.build, self.judge.template, judge_fn)
+        out, tmp = self.run_dir / "data", self.run_dir / "data.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         result.write(tmp)
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
+        _replace_dir(tmp, out)
         log.info("data from %s: %s", self.data.source.describe(), result.counts)
         return {f"data/{k}": v for k, v in result.counts.items()}, [str(out)]
 
     def stage_m1(self) -> tuple[dict[str, Any], list[str]]:
-        data_dir = self.run_dir / "data"
-        s = self.sft
+        data_dir, s = self.run_dir / "data", self.sft
         ift = cap(read_jsonl(data_dir / "ift_train.jsonl", IFTExample), s.max_ift_examples, s.seed)
         eft = cap(read_jsonl(data_dir / "eft_train.jsonl", EFTExample), s.max_eft_examples, s.seed) if s.use_eft else []
         val_ift = cap(read_jsonl(data_dir / "ift_heldout.jsonl", IFTExample), s.max_val_examples, s.seed)
-        model, tokenizer = self.model_spec.load()
+        model, tokenizer = self.load("m0", self.model_spec)
         train, counts = encode_sft(tokenizer, ift, eft, s.max_length)
         val, _ = encode_sft(tokenizer, val_ift, [], s.max_length)
         metrics: dict[str, Any] = {f"m1/sft/data/{k}": v for k, v in counts.items()}
-        return self._train_sft(model, tokenizer, train, val, "m1", metrics)
-
-    def _train_sft(self, model: Any, tokenizer: Any, train: list, val: list, name: str, metrics: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-        s = self.sft
-        L.seed_everything(s.seed, workers=True, verbose=False)
-        previous = set_dropout(model, s.dropout) if s.dropout is not None else {}
-        module = SFTModule(model, s, metric_prefix=f"{name}/sft")
+        prefix = "m1/sft"
+        module = SFTModule(model, s, metric_prefix=prefix)
         datamodule = SFTDataModule(train, val, s.micro_batch_size, tokenizer.pad_token_id, s.seed)
+        trainer = self._fit(module, datamodule, s, "m1", metrics, prefix, validate_first=bool(val))
+        metrics[f"{prefix}/train_tokens_per_s"] = round(module.tokens_seen / max(metrics.pop("_fit_s"), 1e-9), 1)
+        metrics[f"{prefix}/steps"] = trainer.global_step
+        return metrics, [str(self.save(model, tokenizer, 1))]
+
+    def _fit(self, module: L.LightningModule, datamodule: L.LightningDataModule, s: Any, name: str, metrics: dict[str, Any], prefix: str, validate_first: bool = False) -> L.Trainer:
+        L.seed_everything(s.seed, workers=True, verbose=False)
+        previous = set_dropout(module.model, s.dropout) if s.dropout is not None else {}
         trainer = self.trainer_factory(
             max_epochs=s.max_epochs,
             accumulate_grad_batches=s.accumulate_grad_batches,
             logger=self.tracker.logger if self.tracker.logger is not None else False,
             default_root_dir=str(self.run_dir / name),
             enable_checkpointing=False,
+            limit_val_batches=None if validate_first else 0,
         )
-        prefix = f"{name}/sft"
-        if val:
+        if validate_first:
             metrics[f"{prefix}/val_loss_before"] = float(trainer.validate(module, datamodule=datamodule, verbose=False)[0][f"{prefix}/val_loss"])
         started = time.perf_counter()
         trainer.fit(module, datamodule=datamodule)
-        elapsed = time.perf_counter() - started
-        restore_dropout(model, previous)
-        for key, value in trainer.callback_metrics.items():
-            if key.startswith(prefix):
-                metrics[key] = float(value)
+        metrics["_fit_s"] = time.perf_counter() - started
+        restore_dropout(module.model, previous)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)})
+        return trainer
+
+    # -- one self-rewarding iteration -------------------------------------------------------------
+    def iter_dir(self, t: int) -> Path:
+        return self.run_dir / f"iter{t}"
+
+    def _require(self, what: str) -> Any:
+        value = getattr(self, what)
+        if value is None:
+            raise ValueError(f"the loop needs '{what}' settings for the self-rewarding iterations")
+        return value
+
+    def stage_prompts(self, t: int) -> tuple[dict[str, Any], list[str]]:
+        settings: aift.PromptGenSettings = self._require("prompt_gen")
+        out = self.iter_dir(t) / "prompts.jsonl"
+        seed = self.settings.seed
+        if settings.source == "pool":
+            records, metrics = aift.pool_prompts(settings.pool_path, settings, seed, t)
+        else:
+            human = [ex.prompt for ex in read_jsonl(self.run_dir / "data" / "ift_train.jsonl", IFTExample)]
+            earlier = [r.prompt for u in range(1, t) for r in read_jsonl(self.iter_dir(u) / "prompts.jsonl", PromptRecord)]
+            spec = self.model_spec if settings.model is None else HFModelSpec(settings.model)
+            model, tokenizer = self.load("m0" if settings.model is None else f"prompt:{settings.model}", spec)
+            store = PartialJsonl(self.iter_dir(t) / "prompt_attempts.jsonl", PromptAttempt)
+            records, metrics = aift.generate_prompts(model, tokenizer, human, earlier, settings, seed, t, store, self.hook)
+            store.finish()
+        if not records:
+            raise NoPairsError(
+                f"iteration {t}: no prompt passed the filters ({metrics}); see {self.iter_dir(t) / 'prompt_attempts.jsonl'} "
+                "for the rejected attempts and their reasons, and loosen prompt_gen.filters or raise prompt_gen.max_attempts"
+            )
+        write_jsonl(out, records)
+        return aift.prefixed(f"iter{t}/prompts", metrics), [str(out)]
+
+    def stage_candidates(self, t: int) -> tuple[dict[str, Any], list[str]]:
+        prompts = read_jsonl(self.iter_dir(t) / "prompts.jsonl", PromptRecord)
+        model, tokenizer = self.load_m(t)
+        store = PartialJsonl(self.iter_dir(t) / "candidates.jsonl", Candidate)
+        aift.generate_candidates(model, tokenizer, prompts, self._require("generation"), self.settings.seed, t, store, self.hook)
+        path = store.finish()
+        return aift.prefixed(f"iter{t}/candidates", aift.candidate_metrics(read_jsonl(path, Candidate))), [str(path)]
+
+    def stage_judgements(self, t: int) -> tuple[dict[str, Any], list[str]]:
+        candidates = read_jsonl(self.iter_dir(t) / "candidates.jsonl", Candidate)
+        model, tokenizer = self.load_m(t)
+        store = PartialJsonl(self.iter_dir(t) / "judgements.jsonl", Judgement)
+        aift.judge_candidates(model, tokenizer, candidates, self.judge, self.settings.seed, t, store, self.hook)
+        path = store.finish()
+        metrics = aift.judgement_metrics(read_jsonl(path, Judgement), self.judge.template)
+        return aift.prefixed(f"iter{t}/judge", metrics), [str(path)]
+
+    def stage_pairs(self, t: int) -> tuple[dict[str, Any], list[str]]:
+        d = self.iter_dir(t)
+        candidates = read_jsonl(d / "candidates.jsonl", Candidate)
+        judgements = read_jsonl(d / "judgements.jsonl", Judgement)
+        selected, counts = select_pairs(candidates, judgements, self.settings.min_margin)
+        dpo: DPOSettings = self._require("dpo")
+        model, tokenizer = self.load_m(t)
+        encoded, kept = [], []
+        for chosen, rejected, cs, rs in selected:
+            pair = encode_pair(tokenizer, chosen.prompt, chosen.response, rejected.response, dpo.max_length)
+            if pair is None:
+                counts["dropped/prompt_too_long"] = counts.get("dropped/prompt_too_long", 0) + 1
+                continue
+            encoded.append(pair)
+            kept.append((chosen, rejected, cs, rs))
+        if not kept:
+            judged = aift.judgement_metrics(judgements, self.judge.template)
+            raise NoPairsError(
+                f"iteration {t}: no usable preference pair from {len(candidates)} candidates ({counts}); judge parse-failure "
+                f"rate {judged['parse_fail_rate']:.0%}, unscored replies {judged['unscored_replies']}. Read {d / 'judgements.jsonl'}: "
+                "if the judge never writes 'Score: N', train M1 with more EFT data (sft.max_eft_examples, sft.max_epochs) or raise "
+                "judge.sampling.max_new_tokens; if all scores tie, raise generation.num_candidates or judge.num_samples"
+            )
+        with_ref = reference_logprobs(model, encoded, tokenizer.pad_token_id, dpo.ref_batch_size)
+        records = [
+            Pair(c.prompt_id, c.prompt, c.response, r.response, cs, rs, p.ref_chosen, p.ref_rejected)
+            for (c, r, cs, rs), p in zip(kept, with_ref)
+        ]
+        path = d / "pairs.jsonl"
+        write_jsonl(path, records)
+        counts["kept"] = len(records)
+        counts["mean_margin"] = sum(p.chosen_score - p.rejected_score for p in records) / len(records)
+        return aift.prefixed(f"iter{t}/pairs", counts), [str(path)]
+
+    def stage_dpo(self, t_next: int) -> tuple[dict[str, Any], list[str]]:
+        t = t_next - 1
+        dpo: DPOSettings = self._require("dpo")
+        pairs = read_jsonl(self.iter_dir(t) / "pairs.jsonl", Pair)
+        model, tokenizer = self.load_m(t)
+        encoded = []
+        for p in pairs:
+            pair = encode_pair(tokenizer, p.prompt, p.chosen, p.rejected, dpo.max_length)
+            encoded.append(dataclasses.replace(pair, ref_chosen=p.ref_chosen_logp, ref_rejected=p.ref_rejected_logp))
+        prefix = f"m{t_next}/dpo"
+        metrics: dict[str, Any] = {f"{prefix}/pairs": len(encoded)}
+        module = DPOModule(model, dpo, metric_prefix=prefix)
+        datamodule = SFTDataModule(encoded, [], dpo.micro_batch_size, tokenizer.pad_token_id, dpo.seed, collate=collate_pairs)
+        trainer = self._fit(module, datamodule, dpo, f"m{t_next}", metrics, prefix)
+        metrics.pop("_fit_s")
         metrics[f"{prefix}/steps"] = trainer.global_step
-        metrics[f"{prefix}/train_tokens_per_s"] = round(module.tokens_seen / max(elapsed, 1e-9), 1)
-        folder = self.run_dir / name / "model"
-        tmp = folder.with_name("model.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.eval()
-        save_model(model, tokenizer, tmp)
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
-        return metrics, [str(folder)]
+        return metrics, [str(self.save(model, tokenizer, t_next))]

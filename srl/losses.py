@@ -27,3 +27,23 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, 
     logprobs, mask = token_logprobs(logits, labels)
     n_tokens = mask.sum()
     return -logprobs.sum() / n_tokens.clamp(min=1), n_tokens
+
+
+def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed log-probability of each row's label tokens: (batch,)."""
+    logprobs, _ = token_logprobs(logits, labels)
+    return logprobs.sum(-1)
+
+
+def dpo_loss(
+    policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor, beta: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sigmoid DPO (Rafailov et al., 2023), as in the paper's Sec. 3.3; inputs are summed log-probs, (batch,).
+
+    reward = beta * (log pi(y|x) - log pi_ref(y|x)); loss = -log sigmoid(reward_chosen - reward_rejected),
+    averaged over the batch. Returns (loss, chosen rewards, rejected rewards); rewards are detached.
+    """
+    chosen_rewards = beta * (policy_chosen - ref_chosen)
+    rejected_rewards = beta * (policy_rejected - ref_rejected)
+    loss = -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
+    return loss, chosen_rewards.detach(), rejected_rewards.detach()

@@ -25,7 +25,7 @@ def main(cfg: DictConfig) -> dict[str, int]:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     source = instantiate(cfg.data.source)
     settings = instantiate(cfg.data.build)
-    template = instantiate(cfg.judge.template)
+    template = instantiate(cfg.judge).template
     judge_fn = None
     if settings.eft_mode == "paper":
         model, tokenizer = instantiate(cfg.model).load()

@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from srl.loop import DataSettings, SelfRewardingLoop
+from srl.loop import DataSettings, SelfRewardingLoop, stage_names
 from srl.models import config_fingerprint
 from srl.tracking import Tracker
 
@@ -24,18 +24,31 @@ log = logging.getLogger("srl")
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
-# Config sections each stage's outputs depend on; a finished stage is reused only if they match.
+# Config sections that a stage's outputs add to what the stages before it depend on. A finished
+# stage is reused only if every section up to it is unchanged.
 STAGE_INPUTS = {
-    "data": ("data", "judge"),
-    "m1": ("data", "judge", "model", "sft"),
+    "data": ("seed", "data", "judge"),
+    "m1": ("model", "sft"),
+    "prompts": ("prompt_gen",),
+    "candidates": ("generation",),
+    "judgements": (),
+    "pairs": ("dpo", "iteration.min_margin"),
 }
 
 
 def fingerprints(cfg: DictConfig) -> dict[str, str]:
-    return {
-        stage: config_fingerprint({k: OmegaConf.to_container(cfg[k], resolve=True) for k in keys})
-        for stage, keys in STAGE_INPUTS.items()
-    }
+    """A fingerprint per stage of the run; iterations after the first depend on every section."""
+    def value(key: str) -> Any:
+        node = OmegaConf.select(cfg, key)
+        return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+    out, seen = {}, []
+    for stage in stage_names(cfg.iteration.num_models):
+        kind = stage.split("/")[-1]
+        if kind in STAGE_INPUTS:
+            seen += [k for k in STAGE_INPUTS[kind] if k not in seen]
+        out[stage] = config_fingerprint({k: value(k) for k in sorted(seen)})
+    return out
 
 
 def job_config(cfg: DictConfig) -> dict[str, Any]:
@@ -61,8 +74,11 @@ def build_loop(cfg: DictConfig, run_dir: Path) -> SelfRewardingLoop:
         run_dir=run_dir,
         model=instantiate(cfg.model),
         data=data,
-        judge=instantiate(cfg.judge.template),
+        judge=instantiate(cfg.judge),
         sft=instantiate(cfg.sft),
+        prompt_gen=instantiate(cfg.prompt_gen),
+        generation=instantiate(cfg.generation),
+        dpo=instantiate(cfg.dpo),
         trainer_factory=instantiate(cfg.trainer),
         loop=instantiate(cfg.iteration),
         fingerprints=fingerprints(cfg),
@@ -71,8 +87,9 @@ def build_loop(cfg: DictConfig, run_dir: Path) -> SelfRewardingLoop:
 
 
 def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
-    keys = [k for k in summary if k.endswith(("/loss", "/val_loss", "/val_loss_before", "/steps")) or k in ("data/ift_train", "data/eft_train", "data/trees_heldout")]
-    lines = [f"  {k:<32} {summary[k]:.4g}" if isinstance(summary[k], float) else f"  {k:<32} {summary[k]}" for k in sorted(keys)]
+    shown = ("/loss", "/val_loss", "/val_loss_before", "/steps", "/acceptance_rate", "/parse_fail_rate", "/mean_score", "/kept", "/mean_margin", "/rewards/accuracy", "/tokens_mean")
+    keys = [k for k in summary if k.endswith(shown) or k in ("data/ift_train", "data/eft_train", "data/trees_heldout")]
+    lines = [f"  {k:<36} {summary[k]:.4g}" if isinstance(summary[k], float) else f"  {k:<36} {summary[k]}" for k in sorted(keys)]
     print("srl run finished: " + str(run_dir) + "\n" + "\n".join(lines) + f"\n  summary: {run_dir / 'summary.json'}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -31,3 +32,14 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, final_lr: 
         return f
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, [factor(i) for i in range(len(base))])
+
+
+def build_optimization(
+    params: Iterable[torch.nn.Parameter], optimizer: Callable[..., torch.optim.Optimizer], scheduler: Callable[..., Any] | None, total_steps: int
+) -> Any:
+    """What ``LightningModule.configure_optimizers`` returns for an optimizer partial and an optional
+    scheduler partial (stepped every optimizer step)."""
+    opt = optimizer([p for p in params if p.requires_grad])
+    if scheduler is None:
+        return opt
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler(opt, total_steps=total_steps), "interval": "step"}}

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from srl.chat import EncodedExample, collate_right
+from srl.schedules import build_optimization
 from srl.losses import sft_loss
 
 log = logging.getLogger(__name__)
@@ -117,29 +118,32 @@ class SFTModule(L.LightningModule):
         self.log(f"{self.prefix}/val_loss", self._val_sum / self._val_tokens.clamp(min=1), prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = self.settings.optimizer(params)
-        if self.settings.scheduler is None:
-            return optimizer
-        scheduler = self.settings.scheduler(optimizer, total_steps=self.trainer.estimated_stepping_batches)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        s = self.settings
+        return build_optimization(self.model.parameters(), s.optimizer, s.scheduler, self.trainer.estimated_stepping_batches)
 
 
 class SFTDataModule(L.LightningDataModule):
-    """Right-padded micro-batches of encoded examples; training order is shuffled with ``seed``."""
+    """Right-padded micro-batches of encoded examples; training order is shuffled with ``seed``.
 
-    def __init__(self, train: Sequence[EncodedExample], val: Sequence[EncodedExample], micro_batch_size: int, pad_id: int, seed: int = 0) -> None:
+    ``collate`` turns a list of items into a batch (default: ``collate_right`` of SFT examples; DPO
+    passes its pair collation).
+    """
+
+    def __init__(
+        self, train: Sequence[Any], val: Sequence[Any], micro_batch_size: int, pad_id: int, seed: int = 0,
+        collate: Callable[[Sequence[Any], int], dict[str, torch.Tensor]] = collate_right,
+    ) -> None:
         super().__init__()
         if not train:
-            raise ValueError("no SFT training examples: check the data files and sft.max_length")
+            raise ValueError("no training examples: check the data files and the max_length setting")
         self.train, self.val = list(train), list(val)
-        self.micro_batch_size, self.pad_id, self.seed = micro_batch_size, pad_id, seed
+        self.micro_batch_size, self.pad_id, self.seed, self.collate = micro_batch_size, pad_id, seed, collate
 
     def _loader(self, data: list[EncodedExample], shuffle: bool) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(
             data, batch_size=self.micro_batch_size, shuffle=shuffle, generator=generator,
-            collate_fn=lambda exs: collate_right(exs, self.pad_id),
+            collate_fn=lambda items: self.collate(items, self.pad_id),
         )
 
     def train_dataloader(self) -> DataLoader:

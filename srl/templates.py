@@ -43,21 +43,22 @@ User request:
 Having read the request and the response, first justify your total in no more than 100 words. \
 Then give the total alone on the last line, as "Score: <points>"."""
 
-# Phrases for the additive criteria, used to write justifications when the score is derived from
-# human rankings (EFT "ranked" mode): criterion i is met for every i <= score.
+# Short phrases for the additive criteria, used to write justifications when the score is derived
+# from human rankings (EFT "ranked" mode): criterion i is met for every i <= score. Kept short on
+# purpose: every judge sample generates one, K times per reply.
 CRITERIA_MET = (
-    "it is on topic and gives information that bears on the request",
-    "it deals with a substantial part of the request",
-    "it usefully answers the essential parts of the request",
-    "it is a clear, direct and well-organised assistant answer",
-    "it fits the request exactly, with expert, focused content and nothing superfluous",
+    "is relevant to the request",
+    "covers a substantial part of it",
+    "answers its essentials usefully",
+    "is a clear, direct, well-organised answer",
+    "is expert and precisely tailored",
 )
 CRITERIA_UNMET = (
-    "it is not on topic and gives no information that bears on the request",
-    "it does not deal with a substantial part of the request",
-    "it does not usefully answer the essential parts of the request",
-    "it is not a clear, direct and well-organised assistant answer",
-    "it is not tailored to the request with expert, focused content",
+    "is not relevant to the request",
+    "does not cover a substantial part of it",
+    "does not answer its essentials usefully",
+    "is not a clear, direct, well-organised answer",
+    "is not expert and precisely tailored",
 )
 
 BUILTIN_TEMPLATES = {"additive5": ADDITIVE_5POINT}
@@ -113,16 +114,18 @@ def render_judge_target(justification: str, score: int | float) -> str:
 
 
 def rubric_justification(score: int) -> str:
-    """A justification consistent with the additive rubric for an integer ``score`` in 0..5.
+    """A one-sentence justification consistent with the additive rubric for an integer ``score`` in 0..5.
 
-    Criteria 1..score are met; criterion score+1 (if any) is the first one missed.
+    Criteria 1..score are met; criterion score+1 (if any) is the first one missed. For example
+    score 2: "The response is relevant to the request and covers a substantial part of it, but it
+    does not answer its essentials usefully."
     """
     if not 0 <= score <= 5:
         raise ValueError(f"score must be in 0..5, got {score}")
     if score == 0:
-        return f"The response earns no points: {CRITERIA_UNMET[0]}."
-    met = "; ".join(CRITERIA_MET[:score])
-    text = f"The response earns {score} point{'s' if score > 1 else ''}: {met}."
+        return f"The response {CRITERIA_UNMET[0]}."
+    met = list(CRITERIA_MET[:score])
+    text = "The response " + (met[0] if len(met) == 1 else ", ".join(met[:-1]) + " and " + met[-1])
     if score < 5:
-        text += f" It earns no more because {CRITERIA_UNMET[score]}."
-    return text
+        text += f", but it {CRITERIA_UNMET[score]}"
+    return text + "."

@@ -9,10 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import ROOT, compose
 from srl.run import build_loop
+from srl.loop import NoPairsError
 from srl.stages import StageConfigMismatch
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled"}
@@ -22,7 +24,7 @@ def run_cli(module: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
 
 
-def test_smoke_experiment_cli(tmp_path):
+def test_smoke_experiment_cli_runs_m1_to_m3(tmp_path):
     result = run_cli("srl.run", "+experiment=smoke", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -30,8 +32,20 @@ def test_smoke_experiment_cli(tmp_path):
     assert summary["m1/sft/val_loss"] < summary["m1/sft/val_loss_before"]
     for name in ("ift_train.jsonl", "eft_train.jsonl", "ift_heldout.jsonl", "ranked_heldout.jsonl", "heldout_tree_ids.json"):
         assert (tmp_path / "data" / name).is_file()
-    model = AutoModelForCausalLM.from_pretrained(tmp_path / "m1" / "model")
-    assert model.config.num_hidden_layers == 2
+    for t in (1, 2):
+        for name in ("prompts.jsonl", "prompt_attempts.jsonl", "candidates.jsonl", "judgements.jsonl", "pairs.jsonl"):
+            assert (tmp_path / f"iter{t}" / name).is_file(), (t, name)
+        assert summary[f"iter{t}/pairs/kept"] >= 1
+        assert 0.0 <= summary[f"iter{t}/judge/parse_fail_rate"] < 1.0
+        assert summary[f"m{t + 1}/dpo/steps"] >= 1
+    n_prompts = len((tmp_path / "iter1" / "prompts.jsonl").read_text().splitlines())
+    assert len((tmp_path / "iter1" / "candidates.jsonl").read_text().splitlines()) == 4 * n_prompts
+    for t in (1, 2, 3):
+        assert AutoModelForCausalLM.from_pretrained(tmp_path / f"m{t}" / "model").config.num_hidden_layers == 2
+    # M3 differs from M2: DPO moved the weights.
+    m2 = AutoModelForCausalLM.from_pretrained(tmp_path / "m2" / "model").state_dict()
+    m3 = AutoModelForCausalLM.from_pretrained(tmp_path / "m3" / "model").state_dict()
+    assert any(not torch.equal(m2[k], m3[k]) for k in m2)
     assert "srl run finished" in result.stdout
 
 
@@ -44,10 +58,10 @@ def loop_for(run_dir: Path, *overrides: str):
 
 
 def test_second_run_skips_finished_stages(tmp_path):
-    first = loop_for(tmp_path).run()
+    first = loop_for(tmp_path, "iteration.stop_after=m1").run()
     weights = tmp_path / "m1" / "model" / "model.safetensors"
     stamp = weights.stat().st_mtime_ns
-    second = loop_for(tmp_path).run()
+    second = loop_for(tmp_path, "iteration.stop_after=m1").run()
     assert weights.stat().st_mtime_ns == stamp  # not retrained
     assert second["m1/sft/loss"] == first["m1/sft/loss"]
     manifest = json.loads((tmp_path / "manifest.json").read_text())
@@ -58,7 +72,7 @@ def test_half_finished_run_continues_after_data(tmp_path):
     loop_for(tmp_path, "iteration.stop_after=data").run()
     assert not (tmp_path / "m1").exists()
     data_stamp = (tmp_path / "data" / "ift_train.jsonl").stat().st_mtime_ns
-    summary = loop_for(tmp_path).run()
+    summary = loop_for(tmp_path, "iteration.stop_after=m1").run()
     assert (tmp_path / "data" / "ift_train.jsonl").stat().st_mtime_ns == data_stamp
     assert (tmp_path / "m1" / "model" / "config.json").is_file() and summary["m1/sft/steps"] > 0
 
@@ -87,3 +101,62 @@ def test_malformed_source_fails_before_training(tmp_path):
     assert result.returncode != 0
     assert f"{bad}:1: missing field 'parent_id'" in result.stderr
     assert not (tmp_path / "run" / "m1").exists()
+
+
+class Stop(Exception):
+    pass
+
+
+FAST = ["sft.max_epochs=2", "iteration.num_models=2"]
+
+
+def test_run_stopped_mid_judging_resumes_to_identical_records(tmp_path):
+    import shutil
+
+    base = tmp_path / "base"
+    loop_for(base, *FAST, "iteration.stop_after=m1").run()
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    shutil.copytree(base, straight)
+    shutil.copytree(base, resumed)
+    loop_for(straight, *FAST, "iteration.stop_after=iter1/judgements").run()
+
+    def stop_after_first_judge_chunk(stage: str, done: int) -> None:
+        if stage == "judgements":
+            raise Stop
+
+    loop = loop_for(resumed, *FAST, "iteration.stop_after=iter1/judgements")
+    loop.hook = stop_after_first_judge_chunk
+    with pytest.raises(Stop):
+        loop.run()
+    partial = resumed / "iter1" / "judgements.jsonl.partial"
+    written = partial.read_text().splitlines()
+    assert 0 < len(written) < len((straight / "iter1" / "judgements.jsonl").read_text().splitlines())
+    candidates_stamp = (resumed / "iter1" / "candidates.jsonl").stat().st_mtime_ns
+    # A crash in the middle of writing the next chunk leaves a torn line; it must not survive.
+    with partial.open("a") as fh:
+        fh.write('{"prompt_id": "it1-p0')
+
+    loop_for(resumed, *FAST, "iteration.stop_after=iter1/judgements").run()
+    assert (resumed / "iter1" / "candidates.jsonl").stat().st_mtime_ns == candidates_stamp  # not redone
+    assert not partial.exists()
+    for name in ("prompt_attempts.jsonl", "prompts.jsonl", "candidates.jsonl", "judgements.jsonl"):
+        assert (resumed / "iter1" / name).read_bytes() == (straight / "iter1" / name).read_bytes(), name
+    assert (resumed / "iter1" / "judgements.jsonl").read_text().splitlines()[: len(written)] == written
+
+
+def test_unparsable_judge_stops_with_a_reason(tmp_path):
+    # One new token cannot hold "Score: N": every judgement is unparsable, so no pair exists.
+    loop = loop_for(tmp_path, *FAST, "judge.sampling.max_new_tokens=1")
+    with pytest.raises(NoPairsError, match="parse-failure rate 100%"):
+        loop.run()
+    assert (tmp_path / "iter1" / "judgements.jsonl").is_file()  # what was written stays
+    assert not (tmp_path / "m2").exists()
+
+
+def test_prompt_pool_source(tmp_path):
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"instruction": f"Task number {i}: say something kind."}) + "\n" for i in range(10)))
+    loop_for(tmp_path / "run", *FAST, "prompt_gen.source=pool", f"prompt_gen.pool_path={pool}", "prompt_gen.num_prompts=3",
+             "iteration.stop_after=iter1/prompts").run()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "iter1" / "prompts.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(r["source"] == "pool" and r["prompt"].startswith("Task number") for r in rows)

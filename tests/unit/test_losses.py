@@ -44,3 +44,26 @@ def test_loss_is_token_weighted_across_rows():
     expected = -(math.log(0.75) + 3 * math.log(0.5)) / 4
     assert int(n) == 4
     torch.testing.assert_close(loss, torch.tensor(expected))
+
+
+def test_dpo_loss_by_hand():
+    from srl.losses import dpo_loss
+
+    # beta 0.1; chosen: policy -10, ref -12 -> reward 0.2; rejected: policy -15, ref -14 -> reward -0.1.
+    # loss = -log sigmoid(0.3) = log(1 + e^-0.3)
+    loss, chosen, rejected = dpo_loss(torch.tensor([-10.0]), torch.tensor([-15.0]), torch.tensor([-12.0]), torch.tensor([-14.0]), beta=0.1)
+    torch.testing.assert_close(chosen, torch.tensor([0.2]))
+    torch.testing.assert_close(rejected, torch.tensor([-0.1]))
+    torch.testing.assert_close(loss, torch.tensor(math.log(1 + math.exp(-0.3))))
+    # Policy equal to reference: loss ln 2.
+    loss, _, _ = dpo_loss(torch.tensor([-3.0, -4.0]), torch.tensor([-5.0, -1.0]), torch.tensor([-3.0, -4.0]), torch.tensor([-5.0, -1.0]), beta=0.5)
+    torch.testing.assert_close(loss, torch.tensor(math.log(2.0)))
+
+
+def test_sequence_logprobs_sums_label_tokens():
+    from srl.losses import sequence_logprobs
+
+    ln3 = math.log(3.0)
+    logits = torch.tensor([[[0.0, ln3], [0.0, ln3], [0.0, 0.0]]])
+    labels = torch.tensor([[IGNORE_INDEX, 1, 0]])
+    torch.testing.assert_close(sequence_logprobs(logits, labels), torch.tensor([math.log(0.75) + math.log(0.25)]))

@@ -358,9 +358,10 @@ def test_eft_ranked_targets_and_prompts(template):
         assert "How tall is Everest?" in e.judge_prompt and reply in e.judge_prompt
         assert e.judge_prompt == template.render(g.prompt, reply)
         assert e.response == reply and e.num_siblings == 3 and e.mode == "ranked"
-    # score 5 -> justification has no "no more because"; lower scores explain what is missing
-    assert "no more because" not in out[0].justification
-    assert "no more because" in out[1].justification and "no more because" in out[2].justification
+    # score 5 -> nothing missing; lower scores name the first criterion missed
+    assert "but it" not in out[0].justification
+    assert out[1].justification.endswith("but it is not a clear, direct, well-organised answer.")
+    assert out[2].justification.endswith("but it does not cover a substantial part of it.")
 
 
 def test_eft_ranked_needs_0_to_5_template():

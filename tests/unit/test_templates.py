@@ -141,46 +141,41 @@ def _named(text: str) -> int:
 
 
 def test_rubric_justification_zero():
-    text = rubric_justification(0)
-    # 0 points: no criterion met; says why the first one is missed
-    assert "no points" in text
-    assert _named(text) == 0
-    assert CRITERIA_UNMET[0] in text
-    assert "no more because" not in text
+    # 0 points: the first criterion is missed, nothing is met.
+    assert rubric_justification(0) == "The response is not relevant to the request."
+    assert _named(rubric_justification(0)) == 0
 
 
 def test_rubric_justification_one():
-    text = rubric_justification(1)
-    # 1 point, singular; criterion 1 met, criterion 2 the first missed
-    assert "earns 1 point:" in text and "1 points" not in text
-    assert _named(text) == 1 and CRITERIA_MET[0] in text
-    assert "no more because" in text and CRITERIA_UNMET[1] in text
+    # 1 point: criterion 1 met, criterion 2 the first missed.
+    assert rubric_justification(1) == "The response is relevant to the request, but it does not cover a substantial part of it."
 
 
 def test_rubric_justification_three():
-    text = rubric_justification(3)
-    # criteria 1..3 met, 4 (index 3) missed
-    assert "earns 3 points:" in text
-    assert _named(text) == 3 and all(c in text for c in CRITERIA_MET[:3])
-    assert CRITERIA_MET[3] not in text
-    assert "no more because" in text and CRITERIA_UNMET[3] in text
-    assert sum(u in text for u in CRITERIA_UNMET) == 1
+    # Criteria 1..3 met, 4 missed.
+    assert rubric_justification(3) == (
+        "The response is relevant to the request, covers a substantial part of it and answers its essentials usefully, "
+        "but it is not a clear, direct, well-organised answer."
+    )
 
 
 def test_rubric_justification_five():
+    # All five met, nothing missed.
     text = rubric_justification(5)
-    # all five met, nothing missed
-    assert "earns 5 points:" in text
-    assert _named(text) == 5
-    assert "no more because" not in text
+    assert text == (
+        "The response is relevant to the request, covers a substantial part of it, answers its essentials usefully, "
+        "is a clear, direct, well-organised answer and is expert and precisely tailored."
+    )
     assert not any(u in text for u in CRITERIA_UNMET)
 
 
 @pytest.mark.parametrize("score", [0, 1, 2, 3, 4, 5])
-def test_rubric_justification_no_more_iff_below_five(score):
+def test_rubric_justification_names_met_criteria_and_first_miss(score):
     text = rubric_justification(score)
-    assert ("no more because" in text) == (0 < score < 5)
     assert _named(text) == score
+    assert ("but it" in text) == (0 < score < 5)
+    if score < 5:
+        assert CRITERIA_UNMET[score] in text
 
 
 @pytest.mark.parametrize("score", [-1, 6, 100])

@@ -1,0 +1,211 @@
+"""AI feedback for one iteration (paper Sec. 3.2): new prompts, N candidates, K judge samples each.
+
+Each function runs one stage over fixed chunks of items and appends every finished chunk to a
+``PartialJsonl``, so a stopped stage continues where it stopped. Every draw is seeded from
+(run seed, iteration, stage, item), and chunks do not depend on where a run stopped, so a resumed
+run writes the same records as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import random
+import statistics
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from srl.generation import SamplingSettings, sample_chat
+from srl.oasst import derive_seed
+from srl.records import Candidate, Judgement, PartialJsonl, PromptAttempt, PromptRecord, RecordError, iter_json_lines
+from srl.scoring import parse_score
+from srl.selfinstruct import PromptFilters, few_shot_prompt, parse_task, reject_reason, words
+from srl.templates import JudgeTemplate
+
+log = logging.getLogger(__name__)
+
+# Called after each chunk is written, with (stage, records so far); tests use it to stop a run.
+ChunkHook = Callable[[str, int], None]
+
+
+@dataclasses.dataclass
+class PromptGenSettings:
+    """``conf/prompt_gen``: how many prompts, from which demonstrations, model and filters."""
+
+    num_prompts: int = 32
+    num_human_shots: int = 6
+    num_model_shots: int = 2
+    max_attempts: int | None = None  # default: 4 x num_prompts
+    source: str = "generate"  # generate | pool
+    pool_path: str | None = None
+    model: str | None = None  # None: the starting model M0
+    filters: PromptFilters = dataclasses.field(default_factory=PromptFilters)
+    sampling: SamplingSettings = dataclasses.field(default_factory=lambda: SamplingSettings(temperature=0.6, top_p=0.9, max_new_tokens=128))
+
+    def __post_init__(self) -> None:
+        if self.source not in ("generate", "pool"):
+            raise ValueError(f"prompt_gen.source must be 'generate' or 'pool', got {self.source!r}")
+        if self.source == "pool" and not self.pool_path:
+            raise ValueError("prompt_gen.source=pool needs prompt_gen.pool_path (a JSONL file with a 'prompt' field)")
+
+
+@dataclasses.dataclass
+class CandidateSettings:
+    """``conf/generation``: N replies per prompt from the current model (paper: 4, T=0.7, p=0.9)."""
+
+    num_candidates: int = 4
+    sampling: SamplingSettings = dataclasses.field(default_factory=SamplingSettings)
+
+
+@dataclasses.dataclass
+class JudgeSettings:
+    """``conf/judge``: the template, K samples per reply (paper: 3) and their sampling."""
+
+    template: JudgeTemplate
+    num_samples: int = 3
+    sampling: SamplingSettings = dataclasses.field(default_factory=lambda: SamplingSettings(max_new_tokens=160))
+
+
+def _progress(total: int, done: int, desc: str) -> tqdm:
+    return tqdm(total=total, initial=done, desc=desc, unit="item", dynamic_ncols=True, leave=False)
+
+
+def generate_prompts(
+    model: torch.nn.Module, tokenizer: Any, human_prompts: Sequence[str], avoid: Sequence[str], settings: PromptGenSettings,
+    seed: int, iteration: int, store: PartialJsonl, hook: ChunkHook | None = None,
+) -> tuple[list[PromptRecord], dict[str, Any]]:
+    """Few-shot self-instruction until ``num_prompts`` pass the filters or attempts run out."""
+    if not human_prompts:
+        raise ValueError("prompt generation needs IFT prompts as demonstrations; data/ift_train.jsonl is empty")
+    chunk = settings.sampling.batch_size
+    max_attempts = settings.max_attempts or 4 * settings.num_prompts
+    attempts: list[PromptAttempt] = store.read(chunk)
+    existing = [words(p) for p in list(human_prompts) + list(avoid)]
+    accepted = [a.text for a in attempts if a.rejected is None]
+    existing += [words(t) for t in accepted]
+    bar = _progress(settings.num_prompts, min(len(accepted), settings.num_prompts), f"iter{iteration} prompts")
+    while len(accepted) < settings.num_prompts and len(attempts) < max_attempts:
+        ids = list(range(len(attempts), min(len(attempts) + chunk, max_attempts)))
+        seeds = [derive_seed(seed, iteration, "prompts", i) for i in ids]
+        demos = [few_shot_prompt(human_prompts, accepted, random.Random(s), settings.num_human_shots, settings.num_model_shots) for s in seeds]
+        outputs = sample_chat(model, tokenizer, demos, seeds, settings.sampling)
+        new = []
+        for i, out in zip(ids, outputs):
+            task = parse_task(out.text)
+            reason = reject_reason(task, existing, settings.filters)
+            if reason is None and len(accepted) >= settings.num_prompts:
+                reason = "enough_prompts"
+            if reason is None:
+                accepted.append(task)
+                existing.append(words(task))
+                bar.update(1)
+            new.append(PromptAttempt(attempt=i, text=task, rejected=reason))
+        store.append(new)
+        attempts += new
+        if hook:
+            hook("prompts", len(attempts))
+    bar.close()
+    reasons = collections.Counter(a.rejected for a in attempts if a.rejected is not None)
+    records = [PromptRecord(f"it{iteration}-p{a.attempt:05d}", a.text, "generated") for a in attempts if a.rejected is None]
+    judged = len(records) + sum(n for r, n in reasons.items() if r != "enough_prompts")
+    metrics: dict[str, Any] = {"attempts": len(attempts), "accepted": len(records), "acceptance_rate": len(records) / max(1, judged)}
+    metrics.update({f"rejected/{k}": v for k, v in sorted(reasons.items())})
+    return records, metrics
+
+
+def pool_prompts(path: str | Path, settings: PromptGenSettings, seed: int, iteration: int) -> tuple[list[PromptRecord], dict[str, Any]]:
+    """``num_prompts`` prompts sampled (seeded) from a JSONL pool: field ``prompt`` or ``instruction`` (+ ``input``)."""
+    pool = []
+    for lineno, row in iter_json_lines(path):
+        text = row.get("prompt") or row.get("instruction") if isinstance(row, dict) else None
+        if not isinstance(text, str):
+            raise RecordError(f"{path}:{lineno}: missing field 'prompt' (or 'instruction')")
+        extra = row.get("input")
+        pool.append(f"{text}\n\n{extra}" if isinstance(extra, str) and extra.strip() else text)
+    rng = random.Random(derive_seed(seed, iteration, "pool"))
+    picked = sorted(rng.sample(range(len(pool)), min(settings.num_prompts, len(pool))))
+    records = [PromptRecord(f"it{iteration}-pool{i:05d}", pool[i].strip(), "pool") for i in picked]
+    return records, {"attempts": len(records), "accepted": len(records), "acceptance_rate": 1.0, "pool_size": len(pool)}
+
+
+def generate_candidates(
+    model: torch.nn.Module, tokenizer: Any, prompts: Sequence[PromptRecord], settings: CandidateSettings,
+    seed: int, iteration: int, store: PartialJsonl, hook: ChunkHook | None = None,
+) -> dict[str, Any]:
+    """N sampled replies per prompt, written as ``Candidate`` records in (prompt, candidate) order."""
+    items = [(p, k) for p in prompts for k in range(settings.num_candidates)]
+    chunk = settings.sampling.batch_size
+    done = store.read(chunk)
+    bar = _progress(len(items), len(done), f"iter{iteration} candidates")
+    for start in range(len(done), len(items), chunk):
+        part = items[start:start + chunk]
+        seeds = [derive_seed(seed, iteration, "candidates", p.prompt_id, k) for p, k in part]
+        outputs = sample_chat(model, tokenizer, [p.prompt for p, _ in part], seeds, settings.sampling)
+        store.append(Candidate(p.prompt_id, k, p.prompt, o.text, o.num_tokens, o.finished) for (p, k), o in zip(part, outputs))
+        bar.update(len(part))
+        if hook:
+            hook("candidates", start + len(part))
+    bar.close()
+    return {}
+
+
+def candidate_metrics(candidates: Sequence[Candidate]) -> dict[str, Any]:
+    lengths = [c.num_tokens for c in candidates] or [0]
+    return {
+        "count": len(candidates),
+        "tokens_mean": statistics.fmean(lengths),
+        "tokens_median": statistics.median(lengths),
+        "tokens_max": max(lengths),
+        "truncated_rate": sum(not c.finished for c in candidates) / max(1, len(candidates)),
+        "empty": sum(not c.response for c in candidates),
+    }
+
+
+def judge_candidates(
+    model: torch.nn.Module, tokenizer: Any, candidates: Sequence[Candidate], settings: JudgeSettings,
+    seed: int, iteration: int, store: PartialJsonl, hook: ChunkHook | None = None,
+) -> dict[str, Any]:
+    """K judge samples per candidate; score = mean of the samples that parse, None if none does."""
+    template, k = settings.template, settings.num_samples
+    chunk = settings.sampling.batch_size  # candidates per chunk; each chunk is chunk * K sequences
+    done = store.read(chunk)
+    bar = _progress(len(candidates), len(done), f"iter{iteration} judging")
+    for start in range(len(done), len(candidates), chunk):
+        part = candidates[start:start + chunk]
+        prompts = [template.render(c.prompt, c.response) for c in part for _ in range(k)]
+        seeds = [derive_seed(seed, iteration, "judge", c.prompt_id, c.candidate, s) for c in part for s in range(k)]
+        texts = [o.text for o in sample_chat(model, tokenizer, prompts, seeds, settings.sampling)]
+        records = []
+        for i, c in enumerate(part):
+            samples = tuple(texts[i * k:(i + 1) * k])
+            scores = tuple(parse_score(t, template.min_score, template.max_score) for t in samples)
+            parsed = [s for s in scores if s is not None]
+            records.append(Judgement(c.prompt_id, c.candidate, samples, scores, sum(parsed) / len(parsed) if parsed else None))
+        store.append(records)
+        bar.update(len(part))
+        if hook:
+            hook("judgements", start + len(part))
+    bar.close()
+    return {}
+
+
+def judgement_metrics(judgements: Sequence[Judgement], template: JudgeTemplate) -> dict[str, Any]:
+    samples = [s for j in judgements for s in j.scores]
+    scored = [j.score for j in judgements if j.score is not None]
+    hist = collections.Counter(int(round(s)) for s in scored)
+    metrics: dict[str, Any] = {
+        "samples": len(samples),
+        "parse_fail_rate": sum(s is None for s in samples) / max(1, len(samples)),
+        "unscored_replies": len(judgements) - len(scored),
+        "mean_score": statistics.fmean(scored) if scored else None,
+    }
+    metrics.update({f"score_hist/{b}": hist.get(b, 0) for b in range(int(template.min_score), int(template.max_score) + 1)})
+    return metrics
+
+
+def prefixed(prefix: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    return {f"{prefix}/{k}": v for k, v in metrics.items()}

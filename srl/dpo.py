@@ -1,0 +1,119 @@
+"""DPO on self-rewarding pairs (M_t -> M_{t+1}, paper Sec. 3.3 and 4.1).
+
+The reference is the model the iteration started from. Its summed log-probs of each chosen and
+rejected reply are computed once, before training (``reference_logprobs``, in eval mode), and stored
+with the pairs, so training holds one model. Chosen and rejected rows go through the policy in one
+concatenated forward.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import lightning as L
+import torch
+
+from srl.chat import EncodedExample, collate_right, encode_example
+from srl.schedules import build_optimization
+from srl.losses import dpo_loss, sequence_logprobs
+
+
+@dataclasses.dataclass
+class DPOSettings:
+    """DPO hyper-parameters (paper: beta 0.1, lr 1e-6 -> 1e-7, batch 16, dropout 0.1)."""
+
+    optimizer: Callable[..., torch.optim.Optimizer]
+    scheduler: Callable[..., Any] | None = None
+    beta: float = 0.1
+    batch_size: int = 16
+    micro_batch_size: int = 2
+    max_epochs: int = 1
+    max_length: int = 1024
+    dropout: float | None = 0.1
+    ref_batch_size: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batch_size % self.micro_batch_size:
+            raise ValueError(f"dpo.batch_size ({self.batch_size}) must be a multiple of dpo.micro_batch_size ({self.micro_batch_size})")
+
+    @property
+    def accumulate_grad_batches(self) -> int:
+        return self.batch_size // self.micro_batch_size
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodedPair:
+    chosen: EncodedExample
+    rejected: EncodedExample
+    ref_chosen: float = 0.0
+    ref_rejected: float = 0.0
+
+
+def encode_pair(tokenizer: Any, prompt: str, chosen: str, rejected: str, max_length: int) -> EncodedPair | None:
+    """Both replies with the shared prompt, labels on the reply tokens; None if the prompt is too long."""
+    c, _ = encode_example(tokenizer, prompt, chosen, max_length)
+    r, _ = encode_example(tokenizer, prompt, rejected, max_length)
+    if c is None or r is None:
+        return None
+    return EncodedPair(c, r)
+
+
+def collate_pairs(pairs: Sequence[EncodedPair], pad_id: int) -> dict[str, torch.Tensor]:
+    """Rows 0..B-1 are the chosen replies, rows B..2B-1 the rejected ones, right-padded together."""
+    batch = collate_right([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id)
+    batch["ref_chosen"] = torch.tensor([p.ref_chosen for p in pairs], dtype=torch.float32)
+    batch["ref_rejected"] = torch.tensor([p.ref_rejected for p in pairs], dtype=torch.float32)
+    return batch
+
+
+def policy_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probs of chosen and rejected replies from one concatenated forward: two (B,) tensors."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    logps = sequence_logprobs(logits, batch["labels"])
+    half = logps.shape[0] // 2
+    return logps[:half], logps[half:]
+
+
+@torch.no_grad()
+def reference_logprobs(model: torch.nn.Module, pairs: Sequence[EncodedPair], pad_id: int, batch_size: int = 8) -> list[EncodedPair]:
+    """The pairs with ``ref_chosen``/``ref_rejected`` filled by ``model`` in eval mode (no dropout)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start:start + batch_size]
+        batch = {k: v.to(device) for k, v in collate_pairs(chunk, pad_id).items()}
+        chosen, rejected = policy_logprobs(model, batch)
+        out += [dataclasses.replace(p, ref_chosen=float(c), ref_rejected=float(r)) for p, c, r in zip(chunk, chosen, rejected)]
+    model.train(was_training)
+    return out
+
+
+class DPOModule(L.LightningModule):
+    """Wires the policy to ``losses.dpo_loss``; logs ``<prefix>/loss`` and ``<prefix>/rewards/*``."""
+
+    def __init__(self, model: torch.nn.Module, settings: DPOSettings, metric_prefix: str = "m2/dpo") -> None:
+        super().__init__()
+        self.model = model
+        self.settings = settings
+        self.prefix = metric_prefix
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        chosen, rejected = policy_logprobs(self.model, batch)
+        loss, chosen_rewards, rejected_rewards = dpo_loss(chosen, rejected, batch["ref_chosen"], batch["ref_rejected"], self.settings.beta)
+        n = chosen.shape[0]
+        p = self.prefix
+        self.log(f"{p}/loss", loss, prog_bar=True, batch_size=n)
+        self.log(f"{p}/rewards/chosen", chosen_rewards.mean(), batch_size=n)
+        self.log(f"{p}/rewards/rejected", rejected_rewards.mean(), batch_size=n)
+        self.log(f"{p}/rewards/margin", (chosen_rewards - rejected_rewards).mean(), prog_bar=True, batch_size=n)
+        self.log(f"{p}/rewards/accuracy", (chosen_rewards > rejected_rewards).float().mean(), batch_size=n)
+        self.log(f"{p}/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=1)
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        s = self.settings
+        return build_optimization(self.model.parameters(), s.optimizer, s.scheduler, self.trainer.estimated_stepping_batches)
