@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from srl.generation import SamplingSettings, sample_chat
+from srl.generation import SamplingSettings, newline_token_ids, sample_chat
 from srl.oasst import derive_seed
 from srl.records import Candidate, Judgement, PartialJsonl, PromptAttempt, PromptRecord, RecordError, iter_json_lines
 from srl.scoring import parse_score
@@ -88,11 +88,14 @@ def generate_prompts(
     accepted = [a.text for a in attempts if a.rejected is None]
     existing += [words(t) for t in accepted]
     bar = _progress(settings.num_prompts, min(len(accepted), settings.num_prompts), f"iter{iteration} prompts")
+    # Demonstrations are one task a line, so a task ends at the first line break (and the model
+    # does not go on listing "Task 10: ...").
+    newline_ids = newline_token_ids(tokenizer)
     while len(accepted) < settings.num_prompts and len(attempts) < max_attempts:
         ids = list(range(len(attempts), min(len(attempts) + chunk, max_attempts)))
         seeds = [derive_seed(seed, iteration, "prompts", i) for i in ids]
         demos = [few_shot_prompt(human_prompts, accepted, random.Random(s), settings.num_human_shots, settings.num_model_shots) for s in seeds]
-        outputs = sample_chat(model, tokenizer, demos, seeds, settings.sampling)
+        outputs = sample_chat(model, tokenizer, demos, seeds, settings.sampling, extra_stop_ids=newline_ids)
         new = []
         for i, out in zip(ids, outputs):
             task = parse_task(out.text)

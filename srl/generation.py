@@ -72,7 +72,11 @@ def generate_ids(
     model: torch.nn.Module, prompts: Sequence[Sequence[int]], seeds: Sequence[int], settings: SamplingSettings,
     pad_id: int, stop_ids: Sequence[int],
 ) -> list[tuple[list[int], bool]]:
-    """Continue each token-id prompt; returns (new ids without the stop token, finished) per prompt."""
+    """Continue each token-id prompt; returns (new ids, finished) per prompt.
+
+    The new ids end with the stop token when the row finished (decoding with
+    ``skip_special_tokens`` drops EOS; other stop tokens, such as a newline, stay in the text).
+    """
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in collate_left(prompts, pad_id).items()}
     attention = batch["attention_mask"]
@@ -87,10 +91,9 @@ def generate_ids(
     tokens: list[list[int]] = [[] for _ in prompts]
     for _ in range(settings.max_new_tokens):
         nxt = sample_next(logits.cpu(), settings, generators).to(device)
-        hit = torch.isin(nxt, stops)
-        for i in torch.nonzero(~finished & ~hit).flatten().tolist():
+        for i in torch.nonzero(~finished).flatten().tolist():
             tokens[i].append(int(nxt[i]))
-        finished |= hit
+        finished |= torch.isin(nxt, stops)
         if bool(finished.all()):
             break
         nxt = nxt.masked_fill(finished, pad_id)
@@ -113,10 +116,20 @@ def iter_batches(order: Sequence[int], size: int) -> Iterator[list[int]]:
         yield list(order[start:start + size])
 
 
-def sample_chat(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str], seeds: Sequence[int], settings: SamplingSettings) -> list[Generated]:
+def newline_token_ids(tokenizer: Any) -> list[int]:
+    """Ids of every vocabulary token whose text contains a line break (to stop at the end of a line)."""
+    vocab = tokenizer.get_vocab()
+    return sorted(i for i in vocab.values() if "\n" in tokenizer.decode([i]))
+
+
+def sample_chat(
+    model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str], seeds: Sequence[int], settings: SamplingSettings,
+    extra_stop_ids: Sequence[int] = (),
+) -> list[Generated]:
     """One reply per user prompt (chat template applied), in the order of ``prompts``.
 
     Prompts are sorted by length into batches of ``settings.batch_size`` so padding stays small.
+    Rows stop at EOS or at any of ``extra_stop_ids``.
     """
     if len(prompts) != len(seeds):
         raise ValueError("one seed per prompt is needed")
@@ -124,7 +137,7 @@ def sample_chat(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str], 
     model.eval()
     encoded = [tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: (len(encoded[i]), i))
-    stops = stop_token_ids(tokenizer, model)
+    stops = sorted(set(stop_token_ids(tokenizer, model)) | set(extra_stop_ids))
     out: list[Generated | None] = [None] * len(prompts)
     for rows in iter_batches(order, settings.batch_size):
         results = generate_ids(model, [encoded[i] for i in rows], [seeds[i] for i in rows], settings, tokenizer.pad_token_id, stops)

@@ -67,8 +67,11 @@ def rouge_l(a: str | Sequence[str], b: str | Sequence[str]) -> float:
 
 
 def parse_task(text: str) -> str:
-    """The first paragraph of the model's reply, without a 'Task 9:' style prefix or quotes."""
-    paragraph = text.strip().split("\n\n")[0].strip()
+    """The first line of the model's reply, without a 'Task 9:' style prefix or quotes.
+
+    Demonstrations are one task a line, so a second line is the model listing more tasks.
+    """
+    paragraph = text.strip().split("\n")[0].strip()
     paragraph = _PREFIX_RE.sub("", paragraph).strip()
     if len(paragraph) >= 2 and paragraph[0] == paragraph[-1] and paragraph[0] in "\"'":
         paragraph = paragraph[1:-1].strip()

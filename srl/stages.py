@@ -9,11 +9,14 @@ config asked for.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 from srl.records import write_json
+
+log = logging.getLogger(__name__)
 
 
 class StageConfigMismatch(RuntimeError):
@@ -37,6 +40,11 @@ class Manifest:
                 f"(fingerprint {entry['fingerprint']}, now {fingerprint}); start a new run dir "
                 f"(hydra.run.dir=...) or delete that stage's outputs and its manifest entry"
             )
+        missing = [o for o in entry.get("outputs", []) if not Path(o).exists()]
+        if missing:
+            log.warning("stage '%s' is recorded as finished but %s is missing: running it again", stage, missing)
+            del self.data["stages"][stage]
+            return False
         return True
 
     def metrics(self, stage: str) -> dict[str, Any]:

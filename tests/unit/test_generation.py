@@ -38,7 +38,7 @@ def test_greedy_equals_hf_generate_with_mixed_lengths(tiny):
     for ids, (got, _) in zip(prompts, ours):
         ref = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=12, pad_token_id=tok.pad_token_id)
         expected = ref[0, len(ids):].tolist()
-        stop = next((i for i, t in enumerate(expected) if t == tok.eos_token_id), len(expected))
+        stop = next((i + 1 for i, t in enumerate(expected) if t == tok.eos_token_id), len(expected))
         assert got == expected[:stop]
     model.train()
 

@@ -31,6 +31,7 @@ def test_rouge_l_by_hand():
         ("Task 9: Explain how tides work.", "Explain how tides work."),
         ("task 3 - List three uses of vinegar.", "List three uses of vinegar."),
         ("New task: Write a limerick about tea.\n\nHere is the limerick...", "Write a limerick about tea."),
+        ("How do I fix a sink?\nTask 2: What is 15% of 80?", "How do I fix a sink?"),
         ('"Describe a sunrise in two sentences."', "Describe a sunrise in two sentences."),
         ("4. Name the largest ocean.", "Name the largest ocean."),
         ("   \n  ", ""),
