@@ -25,19 +25,21 @@ log = logging.getLogger("srl")
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 # Config sections that a stage's outputs add to what the stages before it depend on. A finished
-# stage is reused only if every section up to it is unchanged.
+# stage is reused only if every section up to it is unchanged. Pairs store the reference
+# log-probs, computed at dpo.max_length; DPO (m2, m3, ...) depends on the whole dpo section.
 STAGE_INPUTS = {
     "data": ("seed", "data", "judge"),
     "m1": ("model", "sft"),
     "prompts": ("prompt_gen",),
     "candidates": ("generation",),
     "judgements": (),
-    "pairs": ("dpo", "iteration.min_margin"),
+    "pairs": ("dpo.max_length", "iteration.min_margin"),
+    "dpo": ("dpo",),
 }
 
 
 def fingerprints(cfg: DictConfig) -> dict[str, str]:
-    """A fingerprint per stage of the run; iterations after the first depend on every section."""
+    """A fingerprint per stage of the run, over every config section that stage depends on."""
     def value(key: str) -> Any:
         node = OmegaConf.select(cfg, key)
         return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
@@ -45,8 +47,8 @@ def fingerprints(cfg: DictConfig) -> dict[str, str]:
     out, seen = {}, []
     for stage in stage_names(cfg.iteration.num_models):
         kind = stage.split("/")[-1]
-        if kind in STAGE_INPUTS:
-            seen += [k for k in STAGE_INPUTS[kind] if k not in seen]
+        kind = "dpo" if kind.startswith("m") and kind != "m1" else kind
+        seen += [k for k in STAGE_INPUTS[kind] if k not in seen]
         out[stage] = config_fingerprint({k: value(k) for k in sorted(seen)})
     return out
 
