@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from srl.generation import SamplingSettings, newline_token_ids, sample_chat
+from srl.metrics import score_histogram
 from srl.oasst import derive_seed
 from srl.records import Candidate, Judgement, PartialJsonl, PromptAttempt, PromptRecord, RecordError, iter_json_lines
 from srl.scoring import parse_score
@@ -199,14 +200,14 @@ def judge_candidates(
 def judgement_metrics(judgements: Sequence[Judgement], template: JudgeTemplate) -> dict[str, Any]:
     samples = [s for j in judgements for s in j.scores]
     scored = [j.score for j in judgements if j.score is not None]
-    hist = collections.Counter(int(round(s)) for s in scored)
     metrics: dict[str, Any] = {
         "samples": len(samples),
         "parse_fail_rate": sum(s is None for s in samples) / max(1, len(samples)),
         "unscored_replies": len(judgements) - len(scored),
         "mean_score": statistics.fmean(scored) if scored else None,
     }
-    metrics.update({f"score_hist/{b}": hist.get(b, 0) for b in range(int(template.min_score), int(template.max_score) + 1)})
+    hist = score_histogram(scored, int(template.min_score), int(template.max_score))
+    metrics.update({f"score_hist/{b}": n for b, n in hist.items()})
     return metrics
 
 

@@ -160,3 +160,16 @@ def test_prompt_pool_source(tmp_path):
              "iteration.stop_after=iter1/prompts").run()
     rows = [json.loads(line) for line in (tmp_path / "run" / "iter1" / "prompts.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all(r["source"] == "pool" and r["prompt"].startswith("Task number") for r in rows)
+
+
+def test_evaluate_cli_on_held_out_trees(tmp_path):
+    result = run_cli("srl.evaluate", "+experiment=smoke", "judge.num_samples=1", "judge.sampling.max_new_tokens=8", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for key in ("pairwise_acc", "five_best_pct", "exact_match_pct", "spearman", "kendall_tau", "parse_fail_rate"):
+        assert f"eval/rm/{key}" in result.stdout
+    out = json.loads((tmp_path / "eval_rm.json").read_text())
+    # The seed data's split holds out 9 trees, each with 2-4 ranked replies: every reply judged once.
+    judged = (tmp_path / "rm_judgements.jsonl").read_text().splitlines()
+    assert out["eval/rm/prompts"] == 9 and len(judged) == out["eval/rm/replies"] >= 18
+    train_trees = {json.loads(line)["message_tree_id"] for line in (ROOT / "srl" / "data" / "seed_oasst.jsonl").read_text().splitlines()}
+    assert out["eval/rm/prompts"] < len(train_trees)
