@@ -15,8 +15,8 @@ import lightning as L
 import torch
 
 from srl.chat import EncodedExample, collate_right, encode_example
-from srl.schedules import build_optimization
 from srl.losses import dpo_loss, sequence_logprobs
+from srl.schedules import build_optimization
 
 
 @dataclasses.dataclass

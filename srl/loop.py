@@ -186,12 +186,16 @@ class SelfRewardingLoop:
         prefix = "m1/sft"
         module = SFTModule(model, s, metric_prefix=prefix)
         datamodule = SFTDataModule(train, val, s.micro_batch_size, tokenizer.pad_token_id, s.seed)
-        trainer = self._fit(module, datamodule, s, "m1", metrics, prefix, validate_first=bool(val))
-        metrics[f"{prefix}/train_tokens_per_s"] = round(module.tokens_seen / max(metrics.pop("_fit_s"), 1e-9), 1)
+        trainer, seconds = self._fit(module, datamodule, s, "m1", metrics, prefix, validate_first=bool(val))
+        metrics[f"{prefix}/train_tokens_per_s"] = round(module.tokens_seen / max(seconds, 1e-9), 1)
         metrics[f"{prefix}/steps"] = trainer.global_step
         return metrics, [str(self.save(model, tokenizer, 1))]
 
-    def _fit(self, module: L.LightningModule, datamodule: L.LightningDataModule, s: Any, name: str, metrics: dict[str, Any], prefix: str, validate_first: bool = False) -> L.Trainer:
+    def _fit(
+        self, module: L.LightningModule, datamodule: L.LightningDataModule, s: Any, name: str, metrics: dict[str, Any], prefix: str,
+        validate_first: bool = False,
+    ) -> tuple[L.Trainer, float]:
+        """Train ``module`` with dropout ``s.dropout``; adds ``prefix`` metrics; returns the trainer and fit seconds."""
         L.seed_everything(s.seed, workers=True, verbose=False)
         previous = set_dropout(module.model, s.dropout) if s.dropout is not None else {}
         trainer = self.trainer_factory(
@@ -206,10 +210,10 @@ class SelfRewardingLoop:
             metrics[f"{prefix}/val_loss_before"] = float(trainer.validate(module, datamodule=datamodule, verbose=False)[0][f"{prefix}/val_loss"])
         started = time.perf_counter()
         trainer.fit(module, datamodule=datamodule)
-        metrics["_fit_s"] = time.perf_counter() - started
+        seconds = time.perf_counter() - started
         restore_dropout(module.model, previous)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)})
-        return trainer
+        return trainer, seconds
 
     # -- one self-rewarding iteration -------------------------------------------------------------
     def iter_dir(self, t: int) -> Path:
@@ -302,12 +306,13 @@ class SelfRewardingLoop:
         encoded = []
         for p in pairs:
             pair = encode_pair(tokenizer, p.prompt, p.chosen, p.rejected, dpo.max_length)
+            if pair is None:  # the pairs stage kept only pairs that fit dpo.max_length with this tokenizer
+                raise ValueError(f"pair {p.prompt_id} no longer fits dpo.max_length={dpo.max_length}; rerun the pairs stage")
             encoded.append(dataclasses.replace(pair, ref_chosen=p.ref_chosen_logp, ref_rejected=p.ref_rejected_logp))
         prefix = f"m{t_next}/dpo"
         metrics: dict[str, Any] = {f"{prefix}/pairs": len(encoded)}
         module = DPOModule(model, dpo, metric_prefix=prefix)
         datamodule = SFTDataModule(encoded, [], dpo.micro_batch_size, tokenizer.pad_token_id, dpo.seed, collate=collate_pairs)
-        trainer = self._fit(module, datamodule, dpo, f"m{t_next}", metrics, prefix)
-        metrics.pop("_fit_s")
+        trainer, _ = self._fit(module, datamodule, dpo, f"m{t_next}", metrics, prefix)
         metrics[f"{prefix}/steps"] = trainer.global_step
         return metrics, [str(self.save(model, tokenizer, t_next))]

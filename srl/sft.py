@@ -17,8 +17,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from srl.chat import EncodedExample, collate_right
-from srl.schedules import build_optimization
 from srl.losses import sft_loss
+from srl.schedules import build_optimization
 
 log = logging.getLogger(__name__)
 
