@@ -63,11 +63,15 @@ def test_paper_values():
     assert cfg.data.build.eft_mode == "paper" and cfg.sft.use_eft
 
 
-def test_default_is_embedded_and_offline():
+def test_default_is_embedded_and_wandb_offline_unless_told(monkeypatch):
     cfg = compose([])
     assert cfg.model._target_ == "srl.models.EmbeddedSmolLM2Spec"
     assert Path(instantiate(cfg.data.source).path).is_file()
-    assert cfg.logger.mode in ("offline", "disabled") or cfg.logger.mode == __import__("os").environ.get("WANDB_MODE")
+    # W&B mode: offline when WANDB_MODE is unset, the variable's value when it is set.
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert compose([]).logger.mode == "offline"
+    monkeypatch.setenv("WANDB_MODE", "online")
+    assert compose([]).logger.mode == "online"
 
 
 def test_config_typo_is_an_error():
