@@ -1,33 +1,73 @@
-"""Judge evaluation against human rankings (paper Sec. 4.2, "reward modeling ability").
+"""Evaluation of one model (paper Sec. 4.2): judge quality against human ranks, and head-to-head.
 
-    python -m srl.evaluate                                   # the embedded model on the seed data's held-out trees
+    python -m srl.evaluate                                   # the embedded model, seed data's held-out trees
     python -m srl.evaluate model=hf model.name_or_path=outputs/.../m1/model \\
-        data=oasst_local data.source.path=../shared/data/oasst1/en_validation.jsonl
+        data=oasst_local data.source.path=../shared/data/oasst1/en_validation.jsonl \\
+        eval.h2h.baseline=embedded                           # + M1 vs SmolLM2 as shipped
 
-The held-out trees come from the same seeded split by ``message_tree_id`` as training
-(``data.build``), so evaluation prompts never overlap the training trees. Every reply of every
-held-out prompt with two or more human-ranked replies is judged K times with the configured judge
-(``judge``); the mean of the parsable samples is the reply's score. Reported (``eval/rm/*``):
-pairwise accuracy (score ties count as wrong; the tie rate is reported), 5-best %, exact match %,
-Spearman and Kendall tau averaged over prompts, judge parse-failure rate and score histogram.
+Three parts, each switchable in ``conf/eval``:
+
+- **rm** (reward modelling): every reply of every held-out prompt with two or more human-ranked
+  replies is judged K times with the configured judge; the mean of the parsable samples is the
+  reply's score. Held-out trees come from the same seeded split by ``message_tree_id`` as
+  training, so evaluation prompts never come from a training tree. Metrics (``eval/rm/*``,
+  defined in ``srl.metrics``): pairwise accuracy (score ties count as wrong; the tie rate is
+  reported), 5-best %, exact match %, Spearman and Kendall tau averaged over prompts, judge
+  parse-failure rate and score histogram.
+- **replies**: one reply per evaluation prompt (``replies.jsonl``) and its AlpacaEval export
+  (``alpaca_eval.json``).
+- **h2h** (head-to-head, ``srl.headtohead``): the replies against a baseline model's or a reference
+  file's, judged pairwise in both orders; win/tie/loss with 95% bootstrap intervals (``eval/h2h/*``).
+
+The loop runs the same evaluation after every model M_t (``srl.loop``); ``srl.report`` makes the
+table with a row per model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import random
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from srl import aift, metrics, oasst
-from srl.records import Candidate, Judgement, PartialJsonl, RankedPrompt, read_jsonl, write_json
-from srl.run import CONF_DIR
+from srl import aift, evalsets, headtohead, metrics, oasst
+from srl.headtohead import Comparison, H2HSettings
+from srl.models import ModelSlot, spec_from_name
+from srl.records import Candidate, Judgement, PartialJsonl, PromptRecord, RankedPrompt, read_jsonl
+from srl.report import write_table
+from srl.tracking import Tracker
 
 log = logging.getLogger(__name__)
+
+# Returns the baseline's replies by prompt id and the baseline's name; called after the model's own
+# replies are written, so that a baseline model is loaded only then (one model in memory).
+BaselineFn = Callable[[Sequence[PromptRecord]], tuple[dict[str, Candidate], str]]
+
+
+@dataclasses.dataclass
+class RMSettings:
+    """``eval.rm``: judge K samples per reply (None: ``judge.num_samples``) on up to ``max_prompts`` prompts."""
+
+    enabled: bool = True
+    num_samples: int | None = None
+    max_prompts: int | None = None
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class EvalSettings:
+    """``conf/eval``: which evaluations run, standalone and (``in_loop``) after every model of a run."""
+
+    rm: RMSettings
+    h2h: H2HSettings
+    in_loop: bool = True
+    alpaca_export: bool = True
 
 
 def ranked_candidates(groups: Sequence[RankedPrompt]) -> list[Candidate]:
@@ -82,25 +122,129 @@ def evaluate_judge(model: Any, tokenizer: Any, groups: Sequence[RankedPrompt], j
     return rm_metrics(groups, judgements, judge.template)
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def main(cfg: DictConfig) -> dict[str, Any]:
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
+def subset(items: Sequence[Any], limit: int | None, seed: int) -> list[Any]:
+    """A seeded subset of ``limit`` items in their original order (all of them when ``limit`` is None)."""
+    if limit is None or len(items) <= limit:
+        return list(items)
+    return [items[i] for i in sorted(random.Random(seed).sample(range(len(items)), limit))]
+
+
+def evaluate_model(
+    name: str, key: str, spec: Any, slot: ModelSlot, out_dir: Path, settings: EvalSettings, judge: aift.JudgeSettings,
+    groups: Sequence[RankedPrompt], prompts: Sequence[PromptRecord], baseline: BaselineFn | None, seed: int,
+) -> dict[str, Any]:
+    """Run the enabled evaluations of one model into ``out_dir``; metrics named ``rm/*`` and ``h2h/*``.
+
+    Every output is written in chunks and resumes where it stopped. Models are loaded through
+    ``slot`` (one in memory): the evaluated model, then the baseline model if any, then the judge.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {}
+    model, tokenizer = slot.get(key, spec)
+    if settings.rm.enabled:
+        if groups:
+            rm_groups = subset(groups, settings.rm.max_prompts, settings.rm.seed)
+            k = settings.rm.num_samples or judge.num_samples
+            rm = evaluate_judge(model, tokenizer, rm_groups, dataclasses.replace(judge, num_samples=k), seed, out_dir)
+            result.update({f"rm/{k2}": v for k2, v in rm.items()})
+            result["rm/judge_samples"] = k
+        else:
+            log.warning("eval rm: no held-out prompt with two or more ranked replies; skipped")
+    h2h = settings.h2h
+    if not prompts or not (h2h.enabled or settings.alpaca_export):
+        return result
+    store = PartialJsonl(out_dir / "replies.jsonl", Candidate)
+    headtohead.generate_replies(model, tokenizer, prompts, h2h.reply_sampling, h2h.seed, store)
+    replies = read_jsonl(store.finish(), Candidate)
+    if settings.alpaca_export:
+        evalsets.write_alpaca_eval(out_dir / "alpaca_eval.json", replies, name)
+    result["replies/count"] = len(replies)
+    result["replies/truncated_rate"] = sum(not r.finished for r in replies) / len(replies)
+    if not h2h.enabled or baseline is None:
+        return result
+    theirs, baseline_name = baseline(prompts)
+    mine = {r.prompt_id: r for r in replies}
+    missing = sum(p not in theirs for p in mine)
+    if missing:
+        log.warning("eval h2h: %d of %d prompts have no %s reply; they are left out", missing, len(mine), baseline_name)
+    if missing == len(mine):
+        raise ValueError(f"eval h2h: no prompt of the evaluation set has a reply from {baseline_name}; check eval.h2h.reference / prompts")
+    judge_model, judge_tokenizer = (slot.get(key, spec) if h2h.judge is None else slot.get(f"judge:{h2h.judge}", spec_from_name(h2h.judge)))
+    comparisons = PartialJsonl(out_dir / "h2h_comparisons.jsonl", Comparison)
+    headtohead.compare(judge_model, judge_tokenizer, mine, theirs, h2h, comparisons)
+    judged = read_jsonl(comparisons.finish(), Comparison)
+    stats = headtohead.h2h_metrics(judged, mine, theirs, h2h.bootstrap_samples, h2h.seed)
+    result.update({f"h2h/{k}": v for k, v in stats.items()})
+    result["h2h/prompts_without_baseline"] = missing
+    result["h2h/baseline"] = baseline_name
+    result["h2h/judge"] = h2h.judge or name
+    return result
+
+
+def reference_baseline(path: str) -> BaselineFn:
+    def load(prompts: Sequence[PromptRecord]) -> tuple[dict[str, Candidate], str]:
+        found, _ = evalsets.read_reference(path, prompts)
+        return found, str(path)
+
+    return load
+
+
+def model_baseline(name: str, spec: Any, slot: ModelSlot, out_dir: Path, h2h: H2HSettings) -> BaselineFn:
+    """Replies of a baseline model, generated (and kept) under ``out_dir``."""
+    def load(prompts: Sequence[PromptRecord]) -> tuple[dict[str, Candidate], str]:
+        model, tokenizer = slot.get(f"baseline:{name}", spec)
+        store = PartialJsonl(out_dir / "replies.jsonl", Candidate)
+        headtohead.generate_replies(model, tokenizer, prompts, h2h.reply_sampling, h2h.seed, store)
+        return {r.prompt_id: r for r in read_jsonl(store.finish(), Candidate)}, name
+
+    return load
+
+
+def heldout_data(cfg: DictConfig, judge: aift.JudgeSettings) -> oasst.BuildResult:
+    """The data config's split, built as the loop builds it (EFT ranked: no judge model needed here)."""
     source = instantiate(cfg.data.source)
+    build = dataclasses.replace(instantiate(cfg.data.build), eft_mode="ranked")
+    return oasst.build(source.load(), build, judge.template)
+
+
+@hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parent.parent / "conf"), config_name="config")
+def main(cfg: DictConfig) -> dict[str, Any]:
+    from srl.run import build_logger, close_logger
+
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    settings: EvalSettings = instantiate(cfg.eval)
     judge = instantiate(cfg.judge)
-    build = oasst.build(source.load(), instantiate(cfg.data.build), judge.template)
-    groups = build.ranked_heldout
-    if not groups:
-        raise ValueError(f"no held-out prompt with two or more ranked replies in {source.describe()}; raise data.build.heldout_fraction")
-    model_spec = instantiate(cfg.model)
-    model, tokenizer = model_spec.load()
-    result = evaluate_judge(model, tokenizer, groups, judge, cfg.seed, out_dir)
-    named = {f"eval/rm/{k}": v for k, v in result.items()}
-    write_json(out_dir / "eval_rm.json", {"model": getattr(model_spec, "name", str(model_spec)), "source": source.describe(), **named})
-    print(f"judge evaluation of {getattr(model_spec, 'name', model_spec)} on {len(groups)} held-out prompts of {source.describe()}:")
-    for key in ("pairwise_acc", "tie_rate", "five_best_pct", "exact_match_pct", "spearman", "kendall_tau", "parse_fail_rate"):
-        value = result[key]
-        print(f"  eval/rm/{key:<18} {'n/a' if value is None else f'{value:.4f}'}")
-    print(f"  written: {out_dir / 'eval_rm.json'}")
+    data = heldout_data(cfg, judge)
+    if settings.rm.enabled and not data.ranked_heldout:
+        raise ValueError(f"no held-out prompt with two or more ranked replies in {cfg.data.source}; raise data.build.heldout_fraction")
+    prompts = evalsets.load_prompt_set(settings.h2h.prompts, data.ift_heldout) if settings.h2h.enabled or settings.alpaca_export else []
+    spec = instantiate(cfg.model)
+    name = getattr(spec, "name", type(spec).__name__)
+    slot = ModelSlot()
+    h2h = settings.h2h
+    baseline = None
+    if h2h.enabled and h2h.reference:
+        baseline = reference_baseline(h2h.reference)
+    elif h2h.enabled and h2h.baseline:
+        baseline = model_baseline(h2h.baseline, spec_from_name(h2h.baseline), slot, out_dir / "baseline", h2h)
+    elif h2h.enabled:
+        log.warning("eval h2h: no baseline; set eval.h2h.baseline (model folder, Hub id or 'embedded') or eval.h2h.reference (replies file)")
+    result = evaluate_model(name, "model", spec, slot, out_dir, settings, judge, data.ranked_heldout, prompts, baseline, cfg.seed)
+    named = {f"eval/{k}": v for k, v in result.items()}
+    tracker = Tracker(out_dir, build_logger(cfg))
+    try:
+        tracker.log({"eval/model": name, **named})
+        columns, cells = write_table(out_dir / "eval.md", f"Evaluation of {name}", [(name, result)])
+        tracker.log_table("eval/table", columns, cells)
+        tracker.write_summary()
+    finally:
+        close_logger(tracker.logger)
+    print(f"evaluation of {name} ({len(data.ranked_heldout)} held-out ranked prompts, {len(prompts)} reply prompts):")
+    for key in sorted(named):
+        value = named[key]
+        if not key.startswith("eval/rm/score_hist"):
+            print(f"  {key:<34} {'n/a' if value is None else f'{value:.4f}' if isinstance(value, float) else value}")
+    print(f"  written: {out_dir / 'summary.json'}, {out_dir / 'eval.md'}")
     return named
 
 

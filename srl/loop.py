@@ -4,7 +4,8 @@ Stages, each reading the files of the one before and recorded in ``manifest.json
 ``data`` (IFT/EFT/held-out files) -> ``m1`` (SFT of M0 on IFT+EFT) -> for t = 1..T-1:
 ``iter{t}/prompts`` -> ``iter{t}/candidates`` -> ``iter{t}/judgements`` -> ``iter{t}/pairs``
 (with the reference log-probs of M_t) -> ``m{t+1}`` (DPO of M_t). Models are ``save_pretrained``
-folders at ``m{t}/model``.
+folders at ``m{t}/model``. With ``eval.in_loop``, an ``eval/m{t}`` stage follows the data (M0, the
+starting model) and every model, and the run ends with ``eval/table.md``: a row per model.
 """
 
 from __future__ import annotations
@@ -19,13 +20,17 @@ from typing import Any, Callable
 
 import lightning as L
 
-from srl import aift, oasst
+from srl import aift, evalsets, oasst
+from srl.evaluate import EvalSettings, evaluate_model, reference_baseline
+from srl.report import write_table
 from srl.chat import encode_sft
 from srl.dpo import DPOModule, DPOSettings, collate_pairs, encode_pair, reference_logprobs
 from srl.generation import SamplingSettings, sample_texts
-from srl.models import HFModelSpec, save_model
+from srl.models import HFModelSpec, ModelSlot, save_model
 from srl.pairs import select_pairs
-from srl.records import Candidate, EFTExample, IFTExample, Judgement, Pair, PartialJsonl, PromptAttempt, PromptRecord, read_jsonl, write_jsonl
+from srl.records import (
+    Candidate, EFTExample, IFTExample, Judgement, Pair, PartialJsonl, PromptAttempt, PromptRecord, RankedPrompt, read_jsonl, write_jsonl,
+)
 from srl.sft import SFTDataModule, SFTModule, SFTSettings, cap, restore_dropout, set_dropout
 from srl.stages import Manifest
 from srl.tracking import Tracker
@@ -39,10 +44,11 @@ class NoPairsError(RuntimeError):
     """An iteration produced no usable preference pair; training on nothing is refused."""
 
 
-def stage_names(num_models: int) -> list[str]:
-    names = ["data", "m1"]
+def stage_names(num_models: int, evaluate: bool = False) -> list[str]:
+    """The run's stages in order; with ``evaluate``, ``eval/m{t}`` after the data (M0) and each model."""
+    names = ["data"] + (["eval/m0"] if evaluate else []) + ["m1"] + (["eval/m1"] if evaluate else [])
     for t in range(1, num_models):
-        names += [f"iter{t}/{s}" for s in ITERATION_STAGES] + [f"m{t + 1}"]
+        names += [f"iter{t}/{s}" for s in ITERATION_STAGES] + [f"m{t + 1}"] + ([f"eval/m{t + 1}"] if evaluate else [])
     return names
 
 
@@ -59,7 +65,7 @@ class LoopSettings:
     def __post_init__(self) -> None:
         if self.num_models < 1:
             raise ValueError(f"iteration.num_models must be >= 1, got {self.num_models}")
-        names = stage_names(self.num_models)
+        names = stage_names(self.num_models, evaluate=True)
         if self.stop_after is not None and self.stop_after not in names:
             raise ValueError(f"iteration.stop_after={self.stop_after!r} is not a stage of this run; stages: {names}")
 
@@ -71,6 +77,13 @@ class DataSettings:
     source: oasst.OasstSource
     build: oasst.BuildSettings
     eft_sampling: SamplingSettings = dataclasses.field(default_factory=SamplingSettings)
+
+
+def _replies_of(path: Path, name: str) -> Callable[[Any], tuple[dict[str, Candidate], str]]:
+    def load(prompts: Any) -> tuple[dict[str, Candidate], str]:
+        return {r.prompt_id: r for r in read_jsonl(path, Candidate)}, name
+
+    return load
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:
@@ -93,6 +106,7 @@ class SelfRewardingLoop:
         prompt_gen: aift.PromptGenSettings | None = None,
         generation: aift.CandidateSettings | None = None,
         dpo: DPOSettings | None = None,
+        evaluation: EvalSettings | None = None,
         hook: aift.ChunkHook | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
@@ -100,12 +114,21 @@ class SelfRewardingLoop:
         self.prompt_gen, self.generation, self.dpo = prompt_gen, generation, dpo
         self.trainer_factory, self.settings, self.fingerprints, self.tracker = trainer_factory, loop, fingerprints, tracker
         self.hook = hook
+        self.evaluation = evaluation if evaluation is not None and evaluation.in_loop else None
+        self.stages = stage_names(loop.num_models, self.evaluation is not None)
+        if loop.stop_after is not None and loop.stop_after not in self.stages:
+            raise ValueError(f"iteration.stop_after={loop.stop_after!r} is not a stage of this run (eval.in_loop is off); stages: {self.stages}")
         self.manifest = Manifest(self.run_dir)
-        self._loaded: tuple[str, Any, Any] | None = None
+        self.slot = ModelSlot()
 
     def run(self) -> dict[str, Any]:
-        for stage in stage_names(self.settings.num_models):
+        for stage in self.stages:
             fingerprint = self.fingerprints[stage]
+            if stage.startswith("eval/") and stage in self.manifest.data["stages"] and not self.manifest.recorded(stage, fingerprint):
+                # Evaluations derive from finished models: a changed eval config reruns them, nothing else.
+                log.info("stage %s: evaluation config changed, running it again", stage)
+                for output in self.manifest.forget(stage):
+                    shutil.rmtree(output, ignore_errors=True)
             if self.manifest.done(stage, fingerprint):
                 log.info("stage %s: already finished, skipped", stage)
                 self.tracker.summary.update(self.manifest.metrics(stage))
@@ -118,6 +141,7 @@ class SelfRewardingLoop:
                 self.manifest.record(stage, fingerprint, metrics, outputs)
             if stage == self.settings.stop_after:
                 break
+        self.write_eval_table()
         self.tracker.write_summary()
         return self.tracker.summary
 
@@ -126,6 +150,8 @@ class SelfRewardingLoop:
             return self.stage_data()
         if stage == "m1":
             return self.stage_m1()
+        if stage.startswith("eval/"):
+            return self.stage_eval(int(stage[len("eval/m"):]))
         if stage.startswith("iter"):
             head, kind = stage.split("/")
             return getattr(self, f"stage_{kind}")(int(head[4:]))
@@ -137,11 +163,7 @@ class SelfRewardingLoop:
 
     def load(self, key: str, spec: Any) -> tuple[Any, Any]:
         """Load a model once and keep it while consecutive stages use it (one model in memory)."""
-        if self._loaded is None or self._loaded[0] != key:
-            self._loaded = None
-            model, tokenizer = spec.load()
-            self._loaded = (key, model, tokenizer)
-        return self._loaded[1], self._loaded[2]
+        return self.slot.get(key, spec)
 
     def load_m(self, t: int) -> tuple[Any, Any]:
         return self.load(f"m{t}", HFModelSpec(str(self.model_folder(t)), dtype=getattr(self.model_spec, "dtype", "float32")))
@@ -153,7 +175,7 @@ class SelfRewardingLoop:
         model.eval()
         save_model(model, tokenizer, tmp)
         _replace_dir(tmp, folder)
-        self._loaded = None  # the trained model in memory is no longer M_t of any folder but this one
+        self.slot.clear()  # the trained model in memory is no longer M_t of any folder but this one
         return folder
 
     # -- data and SFT ---------------------------------------------------------------------------
@@ -214,6 +236,40 @@ class SelfRewardingLoop:
         restore_dropout(module.model, previous)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)})
         return trainer, seconds
+
+    # -- evaluation after each model (paper Sec. 4.2) ---------------------------------------------
+    def stage_eval(self, t: int) -> tuple[dict[str, Any], list[str]]:
+        """Judge quality and replies of M_t; head-to-head against M0 / M_{t-1} / a reference file."""
+        settings: EvalSettings = self._require("evaluation")
+        data_dir, out = self.run_dir / "data", self.run_dir / "eval" / f"m{t}"
+        groups = read_jsonl(data_dir / "ranked_heldout.jsonl", RankedPrompt)
+        prompts = evalsets.load_prompt_set(settings.h2h.prompts, read_jsonl(data_dir / "ift_heldout.jsonl", IFTExample))
+        h2h = settings.h2h
+        baseline = None
+        if h2h.reference:
+            baseline = reference_baseline(h2h.reference)
+        elif t >= 1:
+            against = 0 if h2h.against == "start" else t - 1
+            baseline = _replies_of(self.run_dir / "eval" / f"m{against}" / "replies.jsonl", f"M{against}")
+        if t == 0:
+            key, spec = "m0", self.model_spec
+        else:
+            key, spec = f"m{t}", HFModelSpec(str(self.model_folder(t)), dtype=getattr(self.model_spec, "dtype", "float32"))
+        result = evaluate_model(f"M{t}", key, spec, self.slot, out, settings, self.judge, groups, prompts, baseline, self.settings.seed)
+        return {f"eval/m{t}/{k}": v for k, v in result.items()}, [str(out)]
+
+    def write_eval_table(self) -> None:
+        """``eval/table.md`` and ``eval/table`` in the summary and logger: a row per evaluated model."""
+        summary = self.tracker.summary
+        rows = []
+        for stage in self.stages:
+            if stage.startswith("eval/") and self.manifest.recorded(stage, self.fingerprints[stage]):
+                prefix = stage + "/"
+                rows.append((f"M{stage[len('eval/m'):]}", {k[len(prefix):]: v for k, v in summary.items() if k.startswith(prefix)}))
+        if rows:
+            note = f"M0 = {getattr(self.model_spec, 'name', type(self.model_spec).__name__)}; run dir {self.run_dir}."
+            columns, cells = write_table(self.run_dir / "eval" / "table.md", "Evaluation after each model", rows, note)
+            self.tracker.log_table("eval/table", columns, cells)
 
     # -- one self-rewarding iteration -------------------------------------------------------------
     def iter_dir(self, t: int) -> Path:

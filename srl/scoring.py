@@ -33,3 +33,22 @@ def parse_score(text: str | None, min_score: float = 0, max_score: float = 5) ->
     if not math.isfinite(value) or value < min_score or value > max_score:
         return None
     return value
+
+
+# Head-to-head verdicts: "Winner: A" (our template), also "Winner: Response B", "[[A]]" and "[[C]]"
+# (MT-Bench's pairwise format, C = tie) for user templates. The last stated verdict counts.
+VERDICT_RE = re.compile(
+    r"winner\W{0,3}?\s*(?:is|:|-|=)?\s*[*_`\s]*(?:(?:response|assistant|output)\s+)?(a|b|tie)\b|\[\[(a|b|c|tie)\]\]",
+    re.IGNORECASE,
+)
+
+
+def parse_verdict(text: str | None) -> str | None:
+    """``"A"``, ``"B"`` or ``"tie"`` from the last verdict stated in ``text``, else ``None``."""
+    if not text:
+        return None
+    matches = list(VERDICT_RE.finditer(text))
+    if not matches:
+        return None
+    value = (matches[-1].group(1) or matches[-1].group(2)).lower()
+    return {"a": "A", "b": "B", "c": "tie", "tie": "tie"}[value]

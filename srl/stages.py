@@ -47,6 +47,17 @@ class Manifest:
             return False
         return True
 
+    def recorded(self, stage: str, fingerprint: str) -> bool:
+        """Whether ``stage`` is recorded as finished with ``fingerprint`` (no checks, no errors)."""
+        entry = self.data["stages"].get(stage)
+        return entry is not None and entry["fingerprint"] == fingerprint
+
+    def forget(self, stage: str) -> list[str]:
+        """Drop ``stage``'s entry (it will run again); returns the outputs it had recorded."""
+        entry = self.data["stages"].pop(stage, None)
+        write_json(self.path, self.data)
+        return list(entry.get("outputs", [])) if entry else []
+
     def metrics(self, stage: str) -> dict[str, Any]:
         return dict(self.data["stages"].get(stage, {}).get("metrics", {}))
 

@@ -17,6 +17,7 @@ import string
 from pathlib import Path
 
 PLACEHOLDERS = frozenset({"prompt", "response"})
+PAIRWISE_PLACEHOLDERS = frozenset({"prompt", "response_a", "response_b"})
 
 ADDITIVE_5POINT = """\
 Evaluate the response below to the user's request. Use an additive scale from 0 to 5: begin at 0 \
@@ -63,6 +64,29 @@ CRITERIA_UNMET = (
 
 BUILTIN_TEMPLATES = {"additive5": ADDITIVE_5POINT}
 
+# Head-to-head evaluation (paper Sec. 4.2): which of two replies is better. The verdict line is
+# parsed by srl.scoring.parse_verdict. Each pair is judged in both orders (srl.headtohead).
+PAIRWISE = """\
+Compare two responses to the same user request and decide which one follows the request better: \
+which is more helpful, relevant, accurate and complete, with the right level of detail. Do not \
+prefer a response for being longer, and do not let the order of the two responses sway you.
+
+User request:
+{prompt}
+
+<response_a>
+{response_a}
+</response_a>
+
+<response_b>
+{response_b}
+</response_b>
+
+First compare the two responses in no more than 60 words. Then give your verdict alone on the \
+last line, as "Winner: A", "Winner: B" or "Winner: tie"."""
+
+BUILTIN_PAIRWISE_TEMPLATES = {"pairwise": PAIRWISE}
+
 
 @dataclasses.dataclass(frozen=True)
 class JudgeTemplate:
@@ -80,17 +104,44 @@ class JudgeTemplate:
         return self.text.format(prompt=prompt.strip(), response=response.strip())
 
 
-def validate_placeholders(text: str, where: str) -> None:
-    """Raise ``ValueError`` unless ``text`` uses exactly the placeholders {prompt} and {response}."""
+@dataclasses.dataclass(frozen=True)
+class PairwiseTemplate:
+    """A head-to-head judge prompt; ``render`` fills ``{prompt}``, ``{response_a}``, ``{response_b}``."""
+
+    text: str
+    name: str = "pairwise"
+
+    def __post_init__(self) -> None:
+        validate_placeholders(self.text, where=f"pairwise template '{self.name}'", required=PAIRWISE_PLACEHOLDERS)
+
+    def render(self, prompt: str, response_a: str, response_b: str) -> str:
+        return self.text.format(prompt=prompt.strip(), response_a=response_a.strip(), response_b=response_b.strip())
+
+
+def load_pairwise_template(name: str = "pairwise", path: str | None = None) -> PairwiseTemplate:
+    """The built-in pairwise template ``name``, or the user's file at ``path`` (validated)."""
+    if path:
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise FileNotFoundError(f"pairwise template file not found: {file}")
+        return PairwiseTemplate(file.read_text(encoding="utf-8"), name=str(file))
+    if name not in BUILTIN_PAIRWISE_TEMPLATES:
+        raise ValueError(f"unknown built-in pairwise template '{name}'; choose one of {sorted(BUILTIN_PAIRWISE_TEMPLATES)} or set a path")
+    return PairwiseTemplate(BUILTIN_PAIRWISE_TEMPLATES[name], name=name)
+
+
+def validate_placeholders(text: str, where: str, required: frozenset[str] = PLACEHOLDERS) -> None:
+    """Raise ``ValueError`` unless ``text`` uses exactly the ``required`` placeholders."""
     try:
         fields = {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
     except ValueError as exc:
         raise ValueError(f"{where}: cannot parse placeholders ({exc}); write literal braces as '{{{{' and '}}}}'") from None
-    missing = sorted(PLACEHOLDERS - fields)
-    extra = sorted(fields - PLACEHOLDERS)
+    missing = sorted(required - fields)
+    extra = sorted(fields - required)
     if missing or extra:
+        wanted = ", ".join("{" + name + "}" for name in sorted(required))
         raise ValueError(
-            f"{where}: needs exactly the placeholders {{prompt}} and {{response}}; "
+            f"{where}: needs exactly the placeholders {wanted}; "
             f"missing {missing}, unknown {extra} (write literal braces as '{{{{' and '}}}}')"
         )
 

@@ -25,6 +25,12 @@ class Tracker:
         if self.logger is not None and numeric:
             self.logger.log_metrics(numeric)
 
+    def log_table(self, key: str, columns: list[str], rows: list[list[str]]) -> None:
+        """A table into summary.json (a list of column -> cell dicts) and, where it can take one, the logger."""
+        self.summary[key] = [dict(zip(columns, row)) for row in rows]
+        if self.logger is not None and hasattr(self.logger, "log_table"):
+            self.logger.log_table(key=key, columns=columns, data=rows)
+
     def write_summary(self) -> Path:
         path = self.run_dir / "summary.json"
         write_json(path, self.summary)

@@ -47,10 +47,50 @@ def test_smoke_experiment_cli_runs_m1_to_m3(tmp_path):
     m3 = AutoModelForCausalLM.from_pretrained(tmp_path / "m3" / "model").state_dict()
     assert any(not torch.equal(m2[k], m3[k]) for k in m2)
     assert "srl run finished" in result.stdout
+    check_eval_table(tmp_path, summary, models=4)
+    assert "| M3 |" in result.stdout
 
 
-def loop_for(run_dir: Path, *overrides: str):
-    cfg = compose(["+experiment=smoke", f"hydra.run.dir={run_dir}", *overrides])
+def check_eval_table(run_dir: Path, summary: dict, models: int) -> None:
+    """The run ends with the evaluation table: a row per model M0..M_T, its numbers from the files."""
+    from srl.evaluate import rm_metrics
+    from srl.headtohead import Comparison, h2h_metrics
+    from srl.records import Candidate, Judgement, RankedPrompt, read_jsonl
+    from srl.templates import load_judge_template
+
+    table = summary["eval/table"]
+    assert [row["model"] for row in table] == [f"M{t}" for t in range(models)]
+    markdown = (run_dir / "eval" / "table.md").read_text()
+    assert all(f"| M{t} |" in markdown for t in range(models))
+    groups = read_jsonl(run_dir / "data" / "ranked_heldout.jsonl", RankedPrompt)
+    heldout_ids = {json.loads(line)["message_id"] for line in (run_dir / "data" / "ift_heldout.jsonl").read_text().splitlines()}
+    for t in range(models):
+        d = run_dir / "eval" / f"m{t}"
+        judgements = read_jsonl(d / "rm_judgements.jsonl", Judgement)
+        evaluated = [g for g in groups if g.message_id in {j.prompt_id for j in judgements}]
+        assert len(evaluated) == summary[f"eval/m{t}/rm/prompts"] == 4  # eval.rm.max_prompts in the smoke experiment
+        expected = rm_metrics(evaluated, judgements, load_judge_template())
+        for key in ("pairwise_acc", "tie_rate", "five_best_pct", "exact_match_pct", "spearman", "kendall_tau", "parse_fail_rate"):
+            assert summary[f"eval/m{t}/rm/{key}"] == expected[key], (t, key)
+        replies = read_jsonl(d / "replies.jsonl", Candidate)
+        assert len(replies) == 4 and all(r.prompt_id.removeprefix("oasst_") in heldout_ids for r in replies)
+        alpaca = json.loads((d / "alpaca_eval.json").read_text())
+        assert alpaca == [{"instruction": r.prompt, "output": r.response, "generator": f"M{t}"} for r in replies]
+        if t == 0:
+            assert not (d / "h2h_comparisons.jsonl").exists() and table[0]["h2h vs"] == "-"
+            continue
+        comparisons = read_jsonl(d / "h2h_comparisons.jsonl", Comparison)
+        assert sorted((c.prompt_id, c.order) for c in comparisons) == sorted((r.prompt_id, o) for r in replies for o in ("ab", "ba"))
+        m0 = {r.prompt_id: r for r in read_jsonl(run_dir / "eval" / "m0" / "replies.jsonl", Candidate)}
+        expected = h2h_metrics(comparisons, {r.prompt_id: r for r in replies}, m0, 200, 0)
+        for key, value in expected.items():
+            assert summary[f"eval/m{t}/h2h/{key}"] == value, (t, key)
+        assert table[t]["h2h vs"] == "M0"
+
+
+def loop_for(run_dir: Path, *overrides: str, evaluate: bool = False):
+    """The smoke loop; evaluation stages off unless a test is about them (they cost time)."""
+    cfg = compose(["+experiment=smoke", f"hydra.run.dir={run_dir}", f"eval.in_loop={str(evaluate).lower()}", *overrides])
     from hydra.core.hydra_config import HydraConfig
 
     HydraConfig.instance().set_config(cfg)
@@ -110,6 +150,18 @@ class Stop(Exception):
 FAST = ["sft.max_epochs=2", "iteration.num_models=2"]
 
 
+def test_evaluation_stages_resume_and_rerun_alone(tmp_path):
+    """eval/m0 and eval/m1 in the loop; a changed eval config reruns them and nothing else."""
+    summary = loop_for(tmp_path, "sft.max_epochs=2", "iteration.stop_after=eval/m1", evaluate=True).run()
+    assert [row["model"] for row in summary["eval/table"]] == ["M0", "M1"]
+    weights = tmp_path / "m1" / "model" / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    again = loop_for(tmp_path, "sft.max_epochs=2", "iteration.stop_after=eval/m1", "eval.h2h.prompts.limit=2", evaluate=True).run()
+    assert weights.stat().st_mtime_ns == stamp  # M1 not retrained
+    assert again["eval/m1/h2h/prompts"] == 2 and summary["eval/m1/h2h/prompts"] == 4
+    assert len((tmp_path / "eval" / "m1" / "replies.jsonl").read_text().splitlines()) == 2
+
+
 def test_run_stopped_mid_judging_resumes_to_identical_records(tmp_path):
     import shutil
 
@@ -162,14 +214,52 @@ def test_prompt_pool_source(tmp_path):
     assert len(rows) == 3 and all(r["source"] == "pool" and r["prompt"].startswith("Task number") for r in rows)
 
 
-def test_evaluate_cli_on_held_out_trees(tmp_path):
-    result = run_cli("srl.evaluate", "+experiment=smoke", "judge.num_samples=1", "judge.sampling.max_new_tokens=8", f"hydra.run.dir={tmp_path}")
+def test_evaluate_cli_on_held_out_trees_with_a_baseline_model(tmp_path):
+    from srl.models import TinyModelSpec, save_model
+
+    # The baseline: another tiny model (a different seed), saved as a folder like any M_t.
+    baseline = tmp_path / "baseline"
+    save_model(*TinyModelSpec(seed=1).load(), baseline)
+    out_dir = tmp_path / "eval"
+    result = run_cli("srl.evaluate", "+experiment=smoke", "eval.rm.max_prompts=null", "judge.sampling.max_new_tokens=8",
+                     f"eval.h2h.baseline={baseline}", "eval.h2h.prompts.limit=3", f"hydra.run.dir={out_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
-    for key in ("pairwise_acc", "five_best_pct", "exact_match_pct", "spearman", "kendall_tau", "parse_fail_rate"):
-        assert f"eval/rm/{key}" in result.stdout
-    out = json.loads((tmp_path / "eval_rm.json").read_text())
+    for key in ("pairwise_acc", "five_best_pct", "exact_match_pct", "spearman", "kendall_tau", "parse_fail_rate", "win_rate"):
+        assert f"eval/{'h2h' if key == 'win_rate' else 'rm'}/{key}" in result.stdout
+    out = json.loads((out_dir / "summary.json").read_text())
     # The seed data's split holds out 9 trees, each with 2-4 ranked replies: every reply judged once.
-    judged = (tmp_path / "rm_judgements.jsonl").read_text().splitlines()
+    judged = (out_dir / "rm_judgements.jsonl").read_text().splitlines()
     assert out["eval/rm/prompts"] == 9 and len(judged) == out["eval/rm/replies"] >= 18
     train_trees = {json.loads(line)["message_tree_id"] for line in (ROOT / "srl" / "data" / "seed_oasst.jsonl").read_text().splitlines()}
     assert out["eval/rm/prompts"] < len(train_trees)
+    # Both models answered the same 3 held-out prompts; the judge saw each pair in both orders.
+    mine = [json.loads(line) for line in (out_dir / "replies.jsonl").read_text().splitlines()]
+    theirs = [json.loads(line) for line in (out_dir / "baseline" / "replies.jsonl").read_text().splitlines()]
+    assert [r["prompt_id"] for r in mine] == [r["prompt_id"] for r in theirs] and len(mine) == 3
+    assert [r["response"] for r in mine] != [r["response"] for r in theirs]
+    assert len((out_dir / "h2h_comparisons.jsonl").read_text().splitlines()) == 6
+    assert out["eval/h2h/prompts"] == 3 and out["eval/h2h/baseline"] == str(baseline)
+    assert out["eval/table"][0]["model"] == "tiny-llama" and (out_dir / "eval.md").is_file()
+    assert [r["generator"] for r in json.loads((out_dir / "alpaca_eval.json").read_text())] == ["tiny-llama"] * 3
+
+
+def test_evaluate_cli_mt_bench_against_a_reference_file(tmp_path):
+    questions = ROOT.parent / "shared" / "data" / "prompts" / "mt_bench_questions.jsonl"
+    if not questions.is_file():
+        pytest.skip("shared prompts not found")
+    turns = [json.loads(line)["turns"][0] for line in questions.read_text().splitlines()]
+    # AlpacaEval-format reference replies for all but the first question.
+    reference = tmp_path / "reference.json"
+    reference.write_text(json.dumps([{"instruction": t, "output": "A fixed reference reply.", "generator": "ref"} for t in turns[1:]]))
+    out_dir = tmp_path / "eval"
+    result = run_cli("srl.evaluate", "+experiment=smoke", "eval.rm.enabled=false", "eval.h2h.prompts.kind=mt_bench",
+                     f"eval.h2h.prompts.path={questions}", "eval.h2h.prompts.limit=null", "eval.h2h.reply_sampling.max_new_tokens=4",
+                     "eval.h2h.judge_sampling.max_new_tokens=4", "eval.h2h.reply_sampling.batch_size=40",
+                     "eval.h2h.judge_sampling.batch_size=40", f"eval.h2h.reference={reference}", f"hydra.run.dir={out_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads((out_dir / "summary.json").read_text())
+    assert not any(k.startswith("eval/rm/") for k in out) and not (out_dir / "rm_judgements.jsonl").exists()
+    assert out["eval/replies/count"] == 80 and out["eval/h2h/prompts_without_baseline"] == 1 and out["eval/h2h/prompts"] == 79
+    assert out["eval/h2h/len_words_baseline"] == 4.0
+    comparisons = [json.loads(line) for line in (out_dir / "h2h_comparisons.jsonl").read_text().splitlines()]
+    assert len(comparisons) == 158 and "mt_bench_81" not in {c["prompt_id"] for c in comparisons}

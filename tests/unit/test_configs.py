@@ -9,12 +9,15 @@ import pytest
 from hydra.utils import instantiate
 
 from conftest import ROOT, compose
+from srl.evalsets import PromptSetSettings
+from srl.evaluate import EvalSettings, RMSettings
 from srl.generation import SamplingSettings
+from srl.headtohead import H2HSettings
 from srl.loop import LoopSettings
 from srl.models import EmbeddedSmolLM2Spec, HFModelSpec, TinyModelSpec
 from srl.oasst import BuildSettings, OasstSource
 from srl.sft import SFTSettings
-from srl.templates import JudgeTemplate
+from srl.templates import JudgeTemplate, PairwiseTemplate
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 
@@ -39,6 +42,25 @@ def test_experiment_composes_and_instantiates(experiment):
     assert isinstance(instantiate(cfg.iteration), LoopSettings)
     for node in (cfg.dpo.optimizer, cfg.dpo.scheduler):
         assert isinstance(instantiate(node), functools.partial)
+    evaluation = instantiate(cfg.eval)
+    assert isinstance(evaluation, EvalSettings) and isinstance(evaluation.rm, RMSettings) and isinstance(evaluation.h2h, H2HSettings)
+    assert isinstance(evaluation.h2h.template, PairwiseTemplate) and isinstance(evaluation.h2h.prompts, PromptSetSettings)
+    assert isinstance(evaluation.h2h.judge_sampling, SamplingSettings) and isinstance(evaluation.h2h.reply_sampling, SamplingSettings)
+
+
+def test_eval_stages_and_fingerprints():
+    from srl.run import fingerprints
+
+    base = fingerprints(compose())
+    assert list(base) == ["data", "eval/m0", "m1", "eval/m1", "iter1/prompts", "iter1/candidates", "iter1/judgements",
+                          "iter1/pairs", "m2", "eval/m2"]
+    # Changing the evaluation reruns only the evaluation stages; training stages keep their results.
+    changed = fingerprints(compose(["eval.h2h.prompts.limit=3"]))
+    assert {k for k in base if base[k] != changed[k]} == {"eval/m0", "eval/m1", "eval/m2"}
+    # A changed SFT config changes M1 and everything after it, its evaluation included, not M0's.
+    sft = fingerprints(compose(["sft.max_epochs=2"]))
+    assert {k for k in base if base[k] != sft[k]} == set(base) - {"data", "eval/m0"}
+    assert list(fingerprints(compose(["eval.in_loop=false"]))) == [k for k in base if not k.startswith("eval/")]
 
 
 def test_experiment_files_start_with_package_and_command():

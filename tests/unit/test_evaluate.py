@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from srl.evaluate import ranked_candidates, rm_metrics
+from srl.evaluate import ranked_candidates, rm_metrics, subset
+from srl.report import eval_table, markdown_table
 from srl.records import Judgement, RankedPrompt
 from srl.templates import load_judge_template
 
@@ -41,3 +42,25 @@ def test_ranked_candidates_keep_group_and_position():
     groups = [RankedPrompt("p", ("a", "b"), (0, 1), "t", "m")]
     cands = ranked_candidates(groups)
     assert [(c.prompt_id, c.candidate, c.response) for c in cands] == [("m", 0, "a"), ("m", 1, "b")]
+
+
+def test_eval_table_cells_and_markdown():
+    rows = [
+        ("M0", {"rm/pairwise_acc": 0.5, "rm/parse_fail_rate": 0.125}),
+        ("M1", {"rm/pairwise_acc": 0.6251, "h2h/baseline": "M0", "h2h/win_rate": 0.5, "h2h/win_rate_ci_low": 0.25, "h2h/win_rate_ci_high": 0.75,
+                "h2h/len_words_model": 41.6}),
+    ]
+    columns, cells = eval_table(rows)
+    assert columns[:2] == ["model", "pairwise acc"] and len(cells) == 2 and all(len(r) == len(columns) for r in cells)
+    m0, m1 = (dict(zip(columns, r)) for r in cells)
+    assert m0["pairwise acc"] == "0.500" and m0["judge parse fail"] == "0.125" and m0["win"] == "-" and m0["h2h vs"] == "-"
+    assert m1["pairwise acc"] == "0.625" and m1["h2h vs"] == "M0" and m1["win"] == "0.50 [0.25, 0.75]" and m1["words (model)"] == "42"
+    text = markdown_table(columns, cells)
+    assert text.splitlines()[0].startswith("| model | pairwise acc") and text.splitlines()[3].startswith("| M1 | 0.625 |")
+
+
+def test_subset_is_seeded_and_ordered():
+    items = list(range(20))
+    a = subset(items, 5, 0)
+    assert a == sorted(a) and len(set(a)) == 5 and a == subset(items, 5, 0)
+    assert subset(items, None, 0) == items and subset(items, 30, 0) == items
