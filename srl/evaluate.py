@@ -181,10 +181,11 @@ def evaluate_model(
     return result
 
 
-def reference_baseline(path: str) -> BaselineFn:
+def reference_baseline(path: str | Path, name: str | None = None) -> BaselineFn:
+    """Baseline replies from a file (srl replies.jsonl or AlpacaEval JSON), named ``name`` or the path."""
     def load(prompts: Sequence[PromptRecord]) -> tuple[dict[str, Candidate], str]:
         found, _ = evalsets.read_reference(path, prompts)
-        return found, str(path)
+        return found, name or str(path)
 
     return load
 

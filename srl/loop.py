@@ -79,13 +79,6 @@ class DataSettings:
     eft_sampling: SamplingSettings = dataclasses.field(default_factory=SamplingSettings)
 
 
-def _replies_of(path: Path, name: str) -> Callable[[Any], tuple[dict[str, Candidate], str]]:
-    def load(prompts: Any) -> tuple[dict[str, Candidate], str]:
-        return {r.prompt_id: r for r in read_jsonl(path, Candidate)}, name
-
-    return load
-
-
 def _replace_dir(tmp: Path, final: Path) -> None:
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -250,7 +243,7 @@ class SelfRewardingLoop:
             baseline = reference_baseline(h2h.reference)
         elif t >= 1:
             against = 0 if h2h.against == "start" else t - 1
-            baseline = _replies_of(self.run_dir / "eval" / f"m{against}" / "replies.jsonl", f"M{against}")
+            baseline = reference_baseline(self.run_dir / "eval" / f"m{against}" / "replies.jsonl", f"M{against}")
         if t == 0:
             key, spec = "m0", self.model_spec
         else:
