@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from srl.generation import SamplingSettings, newline_token_ids, sample_chat
+from srl.judge import score_first
 from srl.metrics import score_histogram
 from srl.oasst import derive_seed
 from srl.records import Candidate, Judgement, PartialJsonl, PromptAttempt, PromptRecord, RecordError, iter_json_lines
@@ -69,6 +70,11 @@ class JudgeSettings:
     template: JudgeTemplate
     num_samples: int = 3
     sampling: SamplingSettings = dataclasses.field(default_factory=lambda: SamplingSettings(max_new_tokens=160))
+    mode: str = "sample"  # sample: justification then score, K samples | score_first: expected score, one pass
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("sample", "score_first"):
+            raise ValueError(f"judge.mode must be 'sample' or 'score_first', got {self.mode!r}")
 
 
 def _progress(total: int, done: int, desc: str) -> tqdm:
@@ -173,13 +179,23 @@ def judge_candidates(
     model: torch.nn.Module, tokenizer: Any, candidates: Sequence[Candidate], settings: JudgeSettings,
     seed: int, iteration: int, store: PartialJsonl, hook: ChunkHook | None = None,
 ) -> dict[str, Any]:
-    """K judge samples per candidate; score = mean of the samples that parse, None if none does."""
+    """K judge samples per candidate; score = mean of the samples that parse, None if none does.
+
+    In ``score_first`` mode each candidate gets one record sample (the score distribution in words)
+    and the expected score (``srl/judge.py``).
+    """
     template, k = settings.template, settings.num_samples
     chunk = settings.sampling.batch_size  # candidates per chunk; each chunk is chunk * K sequences
     done = store.read(chunk)
     bar = _progress(len(candidates), len(done), f"iter{iteration} judging")
     for start in range(len(done), len(candidates), chunk):
         part = candidates[start:start + chunk]
+        if settings.mode == "score_first":
+            store.append(_score_first_records(model, tokenizer, part, settings))
+            bar.update(len(part))
+            if hook:
+                hook("judgements", start + len(part))
+            continue
         prompts = [template.render(c.prompt, c.response) for c in part for _ in range(k)]
         seeds = [derive_seed(seed, iteration, "judge", c.prompt_id, c.candidate, s) for c in part for s in range(k)]
         texts = [o.text for o in sample_chat(model, tokenizer, prompts, seeds, settings.sampling)]
@@ -195,6 +211,12 @@ def judge_candidates(
             hook("judgements", start + len(part))
     bar.close()
     return {}
+
+
+def _score_first_records(model: torch.nn.Module, tokenizer: Any, part: Sequence[Candidate], settings: JudgeSettings) -> list[Judgement]:
+    t = settings.template
+    scores, reader = score_first(model, tokenizer, [t.render(c.prompt, c.response) for c in part], t.min_score, t.max_score, settings.sampling)
+    return [Judgement(c.prompt_id, c.candidate, (e.describe(reader.values),), (e.score,), e.score) for c, e in zip(part, scores)]
 
 
 def judgement_metrics(judgements: Sequence[Judgement], template: JudgeTemplate) -> dict[str, Any]:

@@ -263,3 +263,16 @@ def test_evaluate_cli_mt_bench_against_a_reference_file(tmp_path):
     assert out["eval/h2h/len_words_baseline"] == 4.0
     comparisons = [json.loads(line) for line in (out_dir / "h2h_comparisons.jsonl").read_text().splitlines()]
     assert len(comparisons) == 158 and "mt_bench_81" not in {c["prompt_id"] for c in comparisons}
+
+
+def test_score_first_judge_mode_scores_every_reply_and_makes_pairs(tmp_path):
+    loop_for(tmp_path, *FAST, "judge=score_first", "iteration.stop_after=iter1/pairs").run()
+    judgements = [json.loads(line) for line in (tmp_path / "iter1" / "judgements.jsonl").read_text().splitlines()]
+    candidates = (tmp_path / "iter1" / "candidates.jsonl").read_text().splitlines()
+    assert len(judgements) == len(candidates) > 0
+    for j in judgements:
+        assert len(j["texts"]) == 1 and j["texts"][0].startswith("score-first: expected")
+        assert j["scores"] == [j["score"]] and 0.0 <= j["score"] <= 5.0
+    # Expected scores are continuous: with no ties, every prompt with 2+ replies gives a pair.
+    pairs = (tmp_path / "iter1" / "pairs.jsonl").read_text().splitlines()
+    assert len(pairs) == len({j["prompt_id"] for j in judgements})

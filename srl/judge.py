@@ -1,0 +1,97 @@
+"""Score-first judging: the expected score from one forward pass per reply, no sampling.
+
+The paper's judge writes a justification, then ``Score: N``, sampled K times and averaged. The
+score-first mode starts the judge's reply with ``Score:`` itself and reads the next-token
+distribution over the score values: the score is the expected value of that distribution,
+renormalised over the score tokens. The probability mass the model puts on score tokens at all is
+kept beside it: a mass near zero says the model did not expect a score there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import torch
+
+from srl.chat import render_prompt
+from srl.engine import Engine
+from srl.generation import SamplingSettings, stop_token_ids
+
+SCORE_LEAD = "Score:"
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreReader:
+    """Token ids that follow a rendered judge prompt: ``lead`` once, then one token per score value."""
+
+    lead_text: str
+    lead_gap: tuple[int, ...]  # tokens between the lead text and the digit (a lone space in many BPEs)
+    values: tuple[int, ...]
+    value_ids: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpectedScore:
+    score: float | None  # None when the model puts no probability on any score token
+    mass: float  # probability of the score tokens together
+    probs: tuple[float, ...]  # per value, renormalised
+
+    def describe(self, values: Sequence[int]) -> str:
+        shown = "none" if self.score is None else f"{self.score:.3f}"
+        dist = " ".join(f"P({v})={p:.3f}" for v, p in zip(values, self.probs))
+        return f"score-first: expected {shown}, score-token mass {self.mass:.3f}; {dist}"
+
+
+def score_reader(tokenizer: Any, rendered: str, min_score: int, max_score: int, lead: str = SCORE_LEAD) -> ScoreReader:
+    """Find how ``lead`` + `` N`` tokenizes after ``rendered`` for every integer score N.
+
+    Each score must add one token (``lead`` + " 3" -> [..., "3"] or [..., " 3"]), possibly after a
+    gap token shared by all scores (a lone space). Otherwise score-first judging cannot read one
+    distribution, and this raises with the offending tokenization.
+    """
+    base = tokenizer(rendered + lead, add_special_tokens=False)["input_ids"]
+    values = tuple(range(int(min_score), int(max_score) + 1))
+    gaps, ids = set(), []
+    for v in values:
+        full = tokenizer(rendered + lead + f" {v}", add_special_tokens=False)["input_ids"]
+        extra = full[len(base):]
+        if full[:len(base)] != base or not 1 <= len(extra) <= 2:
+            raise ValueError(f"score-first judging needs '{lead} {v}' to add one token after the prompt; got {extra}")
+        gaps.add(tuple(extra[:-1]))
+        ids.append(extra[-1])
+    if len(gaps) != 1 or len(set(ids)) != len(ids):
+        raise ValueError(f"score-first judging: score values do not map to distinct single tokens ({ids}, gaps {gaps})")
+    return ScoreReader(lead, gaps.pop(), values, tuple(ids))
+
+
+def expected_scores(logits: torch.Tensor, reader: ScoreReader) -> list[ExpectedScore]:
+    """logits: (replies, vocab) for the token after the lead. Expected value over the score tokens."""
+    probs = torch.softmax(logits.double(), dim=-1)[:, list(reader.value_ids)]
+    mass = probs.sum(-1)
+    values = torch.tensor(reader.values, dtype=torch.float64)
+    out = []
+    for p, m in zip(probs, mass):
+        if float(m) <= 0.0:
+            out.append(ExpectedScore(None, 0.0, tuple(0.0 for _ in reader.values)))
+            continue
+        q = p / m
+        out.append(ExpectedScore(float((q * values).sum()), float(m), tuple(float(x) for x in q)))
+    return out
+
+
+@torch.no_grad()
+def score_first(
+    model: torch.nn.Module, tokenizer: Any, judge_texts: Sequence[str], min_score: int, max_score: int, settings: SamplingSettings,
+) -> tuple[list[ExpectedScore], ScoreReader]:
+    """Expected score of each rendered judge text (``template.render(prompt, response)``) in one pass."""
+    if not judge_texts:
+        return [], ScoreReader(SCORE_LEAD, (), (), ())
+    was_training = model.training
+    model.eval()
+    rendered = [render_prompt(tokenizer, t) for t in judge_texts]
+    reader = score_reader(tokenizer, rendered[0], min_score, max_score)
+    ids = [tokenizer(r + reader.lead_text, add_special_tokens=False)["input_ids"] + list(reader.lead_gap) for r in rendered]
+    logits = Engine(model, settings, tokenizer.pad_token_id, stop_token_ids(tokenizer, model)).next_token_logits(ids)
+    model.train(was_training)
+    return expected_scores(logits, reader), reader
