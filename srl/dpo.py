@@ -15,8 +15,9 @@ import lightning as L
 import torch
 
 from srl.chat import EncodedExample, collate_right, encode_example
-from srl.losses import dpo_loss, sequence_logprobs
+from srl.losses import dpo_loss, model_logprobs, row_sums
 from srl.schedules import build_optimization
+from srl.sft import checkpointing
 
 
 @dataclasses.dataclass
@@ -33,6 +34,8 @@ class DPOSettings:
     dropout: float | None = 0.1
     ref_batch_size: int = 8
     seed: int = 0
+    group_by_length: bool = True  # micro-batches of similar length (less padding)
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, more compute
 
     def __post_init__(self) -> None:
         if self.batch_size % self.micro_batch_size:
@@ -69,9 +72,12 @@ def collate_pairs(pairs: Sequence[EncodedPair], pad_id: int) -> dict[str, torch.
 
 
 def policy_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-probs of chosen and rejected replies from one concatenated forward: two (B,) tensors."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    logps = sequence_logprobs(logits, batch["labels"])
+    """Summed log-probs of chosen and rejected replies from one concatenated forward: two (B,) tensors.
+
+    The output head runs on reply tokens only (``losses.model_logprobs``).
+    """
+    values, rows = model_logprobs(model, batch)
+    logps = row_sums(values, rows, batch["input_ids"].shape[0])
     half = logps.shape[0] // 2
     return logps[:half], logps[half:]
 
@@ -113,6 +119,12 @@ class DPOModule(L.LightningModule):
         self.log(f"{p}/rewards/accuracy", (chosen_rewards > rejected_rewards).float().mean(), batch_size=n)
         self.log(f"{p}/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=1)
         return loss
+
+    def on_fit_start(self) -> None:
+        checkpointing(self.model, self.settings.gradient_checkpointing)
+
+    def on_fit_end(self) -> None:
+        checkpointing(self.model, False)
 
     def configure_optimizers(self) -> Any:
         s = self.settings

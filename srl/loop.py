@@ -200,7 +200,7 @@ class SelfRewardingLoop:
         metrics: dict[str, Any] = {f"m1/sft/data/{k}": v for k, v in counts.items()}
         prefix = "m1/sft"
         module = SFTModule(model, s, metric_prefix=prefix)
-        datamodule = SFTDataModule(train, val, s.micro_batch_size, tokenizer.pad_token_id, s.seed)
+        datamodule = SFTDataModule(train, val, s.micro_batch_size, tokenizer.pad_token_id, s.seed, group_by_length=s.group_by_length)
         trainer, seconds = self._fit(module, datamodule, s, "m1", metrics, prefix, validate_first=bool(val))
         metrics[f"{prefix}/train_tokens_per_s"] = round(module.tokens_seen / max(seconds, 1e-9), 1)
         metrics[f"{prefix}/steps"] = trainer.global_step
@@ -361,7 +361,8 @@ class SelfRewardingLoop:
         prefix = f"m{t_next}/dpo"
         metrics: dict[str, Any] = {f"{prefix}/pairs": len(encoded)}
         module = DPOModule(model, dpo, metric_prefix=prefix)
-        datamodule = SFTDataModule(encoded, [], dpo.micro_batch_size, tokenizer.pad_token_id, dpo.seed, collate=collate_pairs)
+        datamodule = SFTDataModule(encoded, [], dpo.micro_batch_size, tokenizer.pad_token_id, dpo.seed, collate=collate_pairs,
+                                   group_by_length=dpo.group_by_length)
         trainer, _ = self._fit(module, datamodule, dpo, f"m{t_next}", metrics, prefix)
         metrics[f"{prefix}/steps"] = trainer.global_step
         return metrics, [str(self.save(model, tokenizer, t_next))]

@@ -88,3 +88,28 @@ def test_batch_must_divide_into_micro_batches():
 
     with pytest.raises(ValueError, match="multiple"):
         settings(batch_size=5, micro_batch_size=2)
+
+
+def test_lean_loss_and_checkpointing_give_the_full_forward_gradients(tiny):
+    """The SFT module's loss (head on target tokens only), with and without gradient checkpointing,
+    has the same value and gradients as the plain full-logits loss."""
+    from srl.sft import checkpointing, is_checkpointing
+
+    ift = [IFTExample(prompt=p, response=r, tree_id=str(i), message_id=str(i)) for i, (p, r) in enumerate(PAIRS)]
+    encoded, _ = encode_sft(tiny[1], ift, [], max_length=128)
+    batch = collate_right(encoded, tiny[1].pad_token_id)
+    grads = {}
+    for name in ("full", "lean", "lean+checkpointing"):
+        model = copy.deepcopy(tiny[0]).train()
+        checkpointing(model, name.endswith("checkpointing"))
+        assert is_checkpointing(model) == name.endswith("checkpointing")
+        if name == "full":
+            loss, _ = sft_loss(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"])
+        else:
+            loss, _ = SFTModule(model, settings())._loss(batch)
+        loss.backward()
+        grads[name] = (float(loss), torch.cat([p.grad.flatten() for p in model.parameters()]))
+        checkpointing(model, False)
+    for name in ("lean", "lean+checkpointing"):
+        assert abs(grads[name][0] - grads["full"][0]) < 1e-5
+        torch.testing.assert_close(grads[name][1], grads["full"][1], rtol=1e-4, atol=1e-6)

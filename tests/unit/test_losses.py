@@ -67,3 +67,27 @@ def test_sequence_logprobs_sums_label_tokens():
     logits = torch.tensor([[[0.0, ln3], [0.0, ln3], [0.0, 0.0]]])
     labels = torch.tensor([[IGNORE_INDEX, 1, 0]])
     torch.testing.assert_close(sequence_logprobs(logits, labels), torch.tensor([math.log(0.75) + math.log(0.25)]))
+
+
+def test_selected_logprobs_equal_full_logits_on_target_tokens_only():
+    from srl.losses import row_sums, selected_logprobs, sequence_logprobs
+
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 5, 8)
+    head = torch.nn.Linear(8, 11, bias=False)
+    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 4, 7, IGNORE_INDEX], [IGNORE_INDEX, 1, 2, 3, 9]])
+    calls = []
+    values, rows = selected_logprobs(hidden, labels, lambda h: calls.append(h.shape) or head(h))
+    # Targets at t = 2, 3 (row 0) and 1, 2, 3, 4 (row 1): six hidden states reach the head, not ten.
+    assert calls == [torch.Size([6, 8])]
+    assert rows.tolist() == [0, 0, 1, 1, 1, 1]
+    full, mask = token_logprobs(head(hidden), labels)
+    torch.testing.assert_close(values, full[mask])
+    torch.testing.assert_close(row_sums(values, rows, 2), sequence_logprobs(head(hidden), labels))
+
+
+def test_row_sums_by_hand():
+    from srl.losses import row_sums
+
+    got = row_sums(torch.tensor([1.0, 2.0, 4.0]), torch.tensor([0, 2, 2]), 3)
+    assert got.tolist() == [1.0, 0.0, 6.0]
