@@ -63,3 +63,31 @@ def test_sampling_follows_the_distribution():
     draws = sample_next(logits, SamplingSettings(temperature=1.0, top_p=1.0), gens)
     share = draws.float().mean().item()
     assert abs(share - 0.75) < 4 * math.sqrt(0.75 * 0.25 / 2000)
+
+
+def test_nucleus_equals_the_full_sort_filter():
+    from srl.generation import nucleus
+
+    torch.manual_seed(0)
+    # Peaked rows close their nucleus inside the top 8 candidates; flat rows need the full sort.
+    logits = torch.cat([torch.randn(3, 50) * 6, torch.randn(3, 50) * 0.1])
+    rows = nucleus(logits, 0.9, candidates=8)
+    reference = torch.softmax(top_p_filter(logits, 0.9), dim=-1)
+    for r, (ids, p) in enumerate(rows):
+        expected = torch.nonzero(reference[r]).flatten()
+        assert sorted(ids.tolist()) == expected.tolist()
+        torch.testing.assert_close(p, reference[r][ids])
+        assert (p[:-1] >= p[1:]).all()  # most likely first
+    assert max(len(ids) for ids, _ in rows[:3]) <= 8 < min(len(ids) for ids, _ in rows[3:])
+
+
+def test_top_p_sampling_follows_the_nucleus_distribution():
+    from srl.generation import sample_next
+
+    # probs 0.5, 0.3, 0.15, 0.05 with top_p 0.7: nucleus {0.5, 0.3} renormalised to 0.625 / 0.375.
+    logits = torch.log(torch.tensor([[0.15, 0.5, 0.05, 0.3]])).repeat(2000, 1)
+    gens = [torch.Generator().manual_seed(i) for i in range(2000)]
+    draws = sample_next(logits, SamplingSettings(temperature=1.0, top_p=0.7), gens)
+    assert set(draws.tolist()) == {1, 3}
+    share = (draws == 1).float().mean().item()
+    assert abs(share - 0.625) < 4 * math.sqrt(0.625 * 0.375 / 2000)
