@@ -96,9 +96,6 @@ class SFTModule(L.LightningModule):
         self._val_tokens = torch.zeros(())
         self.tokens_seen = 0
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-
     def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean NLL over the batch's target tokens (output head on those tokens only), and their count."""
         logprobs, _ = model_logprobs(self.model, batch)
