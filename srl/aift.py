@@ -24,9 +24,8 @@ from srl.judge import score_first
 from srl.metrics import score_histogram
 from srl.oasst import derive_seed
 from srl.records import Candidate, Judgement, PartialJsonl, PromptAttempt, PromptRecord, RecordError, iter_json_lines
-from srl.scoring import parse_score
 from srl.selfinstruct import PromptFilters, few_shot_prompt, parse_task, reject_reason, words
-from srl.templates import JudgeTemplate
+from srl.templates import JudgeTemplate, PairwiseTemplate
 
 log = logging.getLogger(__name__)
 
@@ -63,18 +62,33 @@ class CandidateSettings:
     sampling: SamplingSettings = dataclasses.field(default_factory=SamplingSettings)
 
 
+JUDGE_MODES = ("sample", "score_first", "pairwise")
+
+
 @dataclasses.dataclass
 class JudgeSettings:
-    """``conf/judge``: the template, K samples per reply (paper: 3) and their sampling."""
+    """``conf/judge``: the format (template), K samples per reply (paper: 3) and their sampling.
 
-    template: JudgeTemplate
+    ``mode``: ``sample`` (the paper: justification then score, K samples averaged), ``score_first``
+    (expected score from one forward pass, ``srl/judge.py``) or ``pairwise`` (a ``PairwiseTemplate``
+    judges every ordered pair of a prompt's replies K times; a reply's score is its win fraction).
+    """
+
+    template: JudgeTemplate | PairwiseTemplate
     num_samples: int = 3
     sampling: SamplingSettings = dataclasses.field(default_factory=lambda: SamplingSettings(max_new_tokens=160))
-    mode: str = "sample"  # sample: justification then score, K samples | score_first: expected score, one pass
+    mode: str = "sample"
 
     def __post_init__(self) -> None:
-        if self.mode not in ("sample", "score_first"):
-            raise ValueError(f"judge.mode must be 'sample' or 'score_first', got {self.mode!r}")
+        if self.mode not in JUDGE_MODES:
+            raise ValueError(f"judge.mode must be one of {JUDGE_MODES}, got {self.mode!r}")
+        if (self.mode == "pairwise") != (self.template.kind == "pairwise"):
+            raise ValueError(
+                f"judge.mode={self.mode!r} does not fit the {self.template.kind} template '{self.template.name}': "
+                "a pairwise template needs mode 'pairwise', and mode 'pairwise' a pairwise template (judge=pairwise)"
+            )
+        if self.num_samples < 1:
+            raise ValueError(f"judge.num_samples must be >= 1, got {self.num_samples}")
 
 
 def _progress(total: int, done: int, desc: str) -> tqdm:
@@ -184,6 +198,8 @@ def judge_candidates(
     In ``score_first`` mode each candidate gets one record sample (the score distribution in words)
     and the expected score (``srl/judge.py``).
     """
+    if settings.mode == "pairwise":
+        return judge_round_robin(model, tokenizer, candidates, settings, seed, iteration, store, hook)
     template, k = settings.template, settings.num_samples
     chunk = settings.sampling.batch_size  # candidates per chunk; each chunk is chunk * K sequences
     done = store.read(chunk)
@@ -202,7 +218,7 @@ def judge_candidates(
         records = []
         for i, c in enumerate(part):
             samples = tuple(texts[i * k:(i + 1) * k])
-            scores = tuple(parse_score(t, template.min_score, template.max_score) for t in samples)
+            scores = tuple(template.parse(t) for t in samples)
             parsed = [s for s in scores if s is not None]
             records.append(Judgement(c.prompt_id, c.candidate, samples, scores, sum(parsed) / len(parsed) if parsed else None))
         store.append(records)
@@ -215,11 +231,94 @@ def judge_candidates(
 
 def _score_first_records(model: torch.nn.Module, tokenizer: Any, part: Sequence[Candidate], settings: JudgeSettings) -> list[Judgement]:
     t = settings.template
-    scores, reader = score_first(model, tokenizer, [t.render(c.prompt, c.response) for c in part], t.min_score, t.max_score, settings.sampling)
+    scores, reader = score_first(model, tokenizer, [t.render(c.prompt, c.response) for c in part], t, settings.sampling)
     return [Judgement(c.prompt_id, c.candidate, (e.describe(reader.values),), (e.score,), e.score) for c, e in zip(part, scores)]
 
 
-def judgement_metrics(judgements: Sequence[Judgement], template: JudgeTemplate) -> dict[str, Any]:
+VERDICT_POINTS = {"A": (1.0, 0.0), "B": (0.0, 1.0), "tie": (0.5, 0.5)}
+
+
+def round_robin(n: int, k: int) -> list[tuple[int, int, int]]:
+    """(a, b, sample) for every ordered pair of n replies, K samples each: both orders of each pair."""
+    return [(a, b, s) for a in range(n) for b in range(n) if a != b for s in range(k)]
+
+
+def round_robin_records(group: Sequence[Candidate], texts: Sequence[str], template: PairwiseTemplate, k: int) -> list[Judgement]:
+    """One ``Judgement`` per reply from the verdicts of ``round_robin(len(group), k)`` (texts in that order).
+
+    A reply's samples are the judge texts of its comparisons (as A or B, in round-robin order), its
+    sample scores the points it got from each (win 1, tie 0.5, loss 0, ``None`` unparsable), and its
+    score their mean: the win fraction against its siblings, 0..1 (``None`` if nothing parsed).
+    Every comparison appears in both replies' records.
+    """
+    samples: list[list[str]] = [[] for _ in group]
+    points: list[list[float | None]] = [[] for _ in group]
+    for (a, b, _), text in zip(round_robin(len(group), k), texts):
+        verdict = template.parse(text)
+        pa, pb = VERDICT_POINTS[verdict] if verdict is not None else (None, None)
+        samples[a].append(text)
+        points[a].append(pa)
+        samples[b].append(text)
+        points[b].append(pb)
+    records = []
+    for i, c in enumerate(group):
+        parsed = [p for p in points[i] if p is not None]
+        records.append(Judgement(c.prompt_id, c.candidate, tuple(samples[i]), tuple(points[i]), sum(parsed) / len(parsed) if parsed else None))
+    return records
+
+
+def judge_round_robin(
+    model: torch.nn.Module, tokenizer: Any, candidates: Sequence[Candidate], settings: JudgeSettings,
+    seed: int, iteration: int, store: PartialJsonl, hook: ChunkHook | None = None,
+) -> dict[str, Any]:
+    """Pairwise judging: each prompt's replies compared in every ordered pair, K samples each.
+
+    N replies cost N(N-1)K judge samples (N=4, K=1: 12, as many as the pointwise judge's N*K at
+    K=3). Records are written a prompt group at a time, so a stopped stage resumes at a whole group.
+    """
+    template, k = settings.template, settings.num_samples
+    groups: dict[str, list[Candidate]] = collections.defaultdict(list)
+    for c in candidates:
+        groups[c.prompt_id].append(c)
+    ordered = list(groups.values())
+    done = store.read(1)
+    whole, count = 0, 0
+    while whole < len(ordered) and count + len(ordered[whole]) <= len(done):
+        count += len(ordered[whole])
+        whole += 1
+    if count != len(done):  # a group cut short by a crash: drop its records and judge it again
+        store.keep(count)
+    bar = _progress(len(candidates), count, f"iter{iteration} judging")
+    budget = settings.sampling.batch_size
+    gi = whole
+    while gi < len(ordered):
+        part, size = [], 0
+        while gi < len(ordered) and (not part or size + len(ordered[gi]) <= budget):
+            part.append(ordered[gi])
+            size += len(ordered[gi])
+            gi += 1
+        prompts, seeds = [], []
+        for group in part:
+            for a, b, s in round_robin(len(group), k):
+                ca, cb = group[a], group[b]
+                prompts.append(template.render(ca.prompt, ca.response, cb.response))
+                seeds.append(derive_seed(seed, iteration, "judge_pairwise", ca.prompt_id, ca.candidate, cb.candidate, s))
+        texts = [o.text for o in sample_chat(model, tokenizer, prompts, seeds, settings.sampling)] if prompts else []
+        records, start = [], 0
+        for group in part:
+            n = len(round_robin(len(group), k))
+            records += round_robin_records(group, texts[start:start + n], template, k)
+            start += n
+        store.append(records)
+        count += size
+        bar.update(size)
+        if hook:
+            hook("judgements", count)
+    bar.close()
+    return {}
+
+
+def judgement_metrics(judgements: Sequence[Judgement], template: JudgeTemplate | PairwiseTemplate) -> dict[str, Any]:
     samples = [s for j in judgements for s in j.scores]
     scored = [j.score for j in judgements if j.score is not None]
     metrics: dict[str, Any] = {
@@ -227,6 +326,8 @@ def judgement_metrics(judgements: Sequence[Judgement], template: JudgeTemplate) 
         "parse_fail_rate": sum(s is None for s in samples) / max(1, len(samples)),
         "unscored_replies": len(judgements) - len(scored),
         "mean_score": statistics.fmean(scored) if scored else None,
+        # 0..1 over the format's declared range, so formats with different scales compare
+        "mean_score_frac": (statistics.fmean(scored) - template.min_score) / (template.max_score - template.min_score) if scored else None,
     }
     hist = score_histogram(scored, int(template.min_score), int(template.max_score))
     metrics.update({f"score_hist/{b}": n for b, n in hist.items()})

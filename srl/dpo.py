@@ -3,7 +3,9 @@
 The reference is the model the iteration started from. Its summed log-probs of each chosen and
 rejected reply are computed once, before training (``reference_logprobs``, in eval mode), and stored
 with the pairs, so training holds one model. Chosen and rejected rows go through the policy in one
-concatenated forward.
+concatenated forward. The loss is one of ``losses.PREFERENCE_LOSSES`` (``dpo.loss``; the paper's is
+``sigmoid``); the per-token losses (ipo, rpo) divide the summed log-probs, the stored reference ones
+included, by each reply's label-token count.
 """
 
 from __future__ import annotations
@@ -15,18 +17,26 @@ import lightning as L
 import torch
 
 from srl.chat import EncodedExample, collate_right, encode_example
-from srl.losses import dpo_loss, model_logprobs, row_sums
+from srl.losses import PREFERENCE_LOSSES, PreferenceLoss, model_logprobs, preference_loss, row_sums
 from srl.schedules import build_optimization
 from srl.sft import checkpointing
 
 
 @dataclasses.dataclass
 class DPOSettings:
-    """DPO hyper-parameters (paper: beta 0.1, lr 1e-6 -> 1e-7, batch 16, dropout 0.1)."""
+    """DPO hyper-parameters (paper: sigmoid loss, beta 0.1, lr 1e-6 -> 1e-7, batch 16, dropout 0.1).
+
+    ``loss``: one of ``losses.PREFERENCE_LOSSES``; ``beta``: the KL strength (ipo: tau);
+    ``label_smoothing``: cDPO's flip probability, conservative only; ``nll_alpha``: weight of the
+    chosen reply's per-token NLL, rpo only.
+    """
 
     optimizer: Callable[..., torch.optim.Optimizer]
     scheduler: Callable[..., Any] | None = None
     beta: float = 0.1
+    loss: str = "sigmoid"
+    label_smoothing: float = 0.0
+    nll_alpha: float = 1.0
     batch_size: int = 16
     micro_batch_size: int = 2
     max_epochs: int = 1
@@ -40,6 +50,16 @@ class DPOSettings:
     def __post_init__(self) -> None:
         if self.batch_size % self.micro_batch_size:
             raise ValueError(f"dpo.batch_size ({self.batch_size}) must be a multiple of dpo.micro_batch_size ({self.micro_batch_size})")
+        if self.loss not in PREFERENCE_LOSSES:
+            raise ValueError(f"dpo.loss={self.loss!r} is not a preference loss; choose one of {list(PREFERENCE_LOSSES)}")
+        if self.beta <= 0:
+            raise ValueError(f"dpo.beta={self.beta} must be > 0")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"dpo.label_smoothing={self.label_smoothing} must be in [0, 0.5) (probability that a preference is flipped)")
+        if self.label_smoothing and self.loss != "conservative":
+            raise ValueError(f"dpo.label_smoothing={self.label_smoothing} is used only by dpo.loss=conservative (cDPO), not dpo.loss={self.loss}")
+        if self.nll_alpha < 0:
+            raise ValueError(f"dpo.nll_alpha={self.nll_alpha} must be >= 0")
 
     @property
     def accumulate_grad_batches(self) -> int:
@@ -71,15 +91,33 @@ def collate_pairs(pairs: Sequence[EncodedPair], pad_id: int) -> dict[str, torch.
     return batch
 
 
-def policy_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-probs of chosen and rejected replies from one concatenated forward: two (B,) tensors.
+def policy_logprobs_and_counts(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """(chosen logps, rejected logps, chosen tokens, rejected tokens), each (B,), from one forward.
 
-    The output head runs on reply tokens only (``losses.model_logprobs``).
+    Log-probs are summed over each reply's label tokens; tokens counts them (float), for the
+    per-token losses. The output head runs on reply tokens only (``losses.model_logprobs``).
     """
     values, rows = model_logprobs(model, batch)
-    logps = row_sums(values, rows, batch["input_ids"].shape[0])
-    half = logps.shape[0] // 2
-    return logps[:half], logps[half:]
+    n = batch["input_ids"].shape[0]
+    logps, tokens = row_sums(values, rows, n), row_sums(torch.ones_like(values), rows, n)
+    half = n // 2
+    return logps[:half], logps[half:], tokens[:half], tokens[half:]
+
+
+def policy_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probs of chosen and rejected replies from one concatenated forward: two (B,) tensors."""
+    chosen, rejected, _, _ = policy_logprobs_and_counts(model, batch)
+    return chosen, rejected
+
+
+def batch_preference_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], settings: DPOSettings) -> PreferenceLoss:
+    """``settings.loss`` of the policy ``model`` on a collated batch against its stored reference log-probs."""
+    chosen, rejected, chosen_tokens, rejected_tokens = policy_logprobs_and_counts(model, batch)
+    s = settings
+    return preference_loss(
+        chosen, rejected, batch["ref_chosen"], batch["ref_rejected"], s.loss, s.beta,
+        label_smoothing=s.label_smoothing, nll_alpha=s.nll_alpha, chosen_tokens=chosen_tokens, rejected_tokens=rejected_tokens,
+    )
 
 
 @torch.no_grad()
@@ -99,7 +137,11 @@ def reference_logprobs(model: torch.nn.Module, pairs: Sequence[EncodedPair], pad
 
 
 class DPOModule(L.LightningModule):
-    """Wires the policy to ``losses.dpo_loss``; logs ``<prefix>/loss`` and ``<prefix>/rewards/*``."""
+    """Wires the policy to ``losses.preference_loss`` (``settings.loss``).
+
+    Logs ``<prefix>/loss``, ``<prefix>/rewards/*`` (beta * summed log-ratio, whatever the loss) and,
+    for rpo, ``<prefix>/nll`` (the chosen reply's per-token NLL).
+    """
 
     def __init__(self, model: torch.nn.Module, settings: DPOSettings, metric_prefix: str = "m2/dpo") -> None:
         super().__init__()
@@ -108,11 +150,13 @@ class DPOModule(L.LightningModule):
         self.prefix = metric_prefix
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        chosen, rejected = policy_logprobs(self.model, batch)
-        loss, chosen_rewards, rejected_rewards = dpo_loss(chosen, rejected, batch["ref_chosen"], batch["ref_rejected"], self.settings.beta)
-        n = chosen.shape[0]
+        out = batch_preference_loss(self.model, batch, self.settings)
+        loss, chosen_rewards, rejected_rewards = out.loss, out.chosen_rewards, out.rejected_rewards
+        n = chosen_rewards.shape[0]
         p = self.prefix
         self.log(f"{p}/loss", loss, prog_bar=True, batch_size=n)
+        if out.nll is not None:
+            self.log(f"{p}/nll", out.nll, batch_size=n)
         self.log(f"{p}/rewards/chosen", chosen_rewards.mean(), batch_size=n)
         self.log(f"{p}/rewards/rejected", rejected_rewards.mean(), batch_size=n)
         self.log(f"{p}/rewards/margin", (chosen_rewards - rejected_rewards).mean(), prog_bar=True, batch_size=n)

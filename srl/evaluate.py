@@ -36,6 +36,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from srl.config import CONF_DIR, register_resolvers
 from srl import aift, evalsets, headtohead, metrics, oasst
 from srl.headtohead import Comparison, H2HSettings
 from srl.models import ModelSlot, spec_from_name
@@ -208,7 +209,10 @@ def heldout_data(cfg: DictConfig, judge: aift.JudgeSettings) -> oasst.BuildResul
     return oasst.build(source.load(), build, judge.template)
 
 
-@hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parent.parent / "conf"), config_name="config")
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> dict[str, Any]:
     from srl.run import build_logger, close_logger
 

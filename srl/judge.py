@@ -17,6 +17,7 @@ import torch
 from srl.chat import render_prompt
 from srl.engine import Engine
 from srl.generation import SamplingSettings, stop_token_ids
+from srl.templates import JudgeTemplate
 
 SCORE_LEAD = "Score:"
 
@@ -43,21 +44,24 @@ class ExpectedScore:
         return f"score-first: expected {shown}, score-token mass {self.mass:.3f}; {dist}"
 
 
-def score_reader(tokenizer: Any, rendered: str, min_score: int, max_score: int, lead: str = SCORE_LEAD) -> ScoreReader:
-    """Find how ``lead`` + `` N`` tokenizes after ``rendered`` for every integer score N.
+def score_reader(
+    tokenizer: Any, rendered: str, min_score: int, max_score: int, lead: str = SCORE_LEAD, prefix: str = " ",
+) -> ScoreReader:
+    """Find how ``lead`` + ``prefix`` + ``N`` tokenizes after ``rendered`` for every integer score N.
 
     Each score must add one token (``lead`` + " 3" -> [..., "3"] or [..., " 3"]), possibly after a
     gap token shared by all scores (a lone space). Otherwise score-first judging cannot read one
-    distribution, and this raises with the offending tokenization.
+    distribution, and this raises with the offending tokenization (a 1..10 scale whose "10" is two
+    tokens, for instance).
     """
     base = tokenizer(rendered + lead, add_special_tokens=False)["input_ids"]
     values = tuple(range(int(min_score), int(max_score) + 1))
     gaps, ids = set(), []
     for v in values:
-        full = tokenizer(rendered + lead + f" {v}", add_special_tokens=False)["input_ids"]
+        full = tokenizer(rendered + lead + f"{prefix}{v}", add_special_tokens=False)["input_ids"]
         extra = full[len(base):]
         if full[:len(base)] != base or not 1 <= len(extra) <= 2:
-            raise ValueError(f"score-first judging needs '{lead} {v}' to add one token after the prompt; got {extra}")
+            raise ValueError(f"score-first judging needs '{lead}{prefix}{v}' to add one token after the prompt; got {extra}")
         gaps.add(tuple(extra[:-1]))
         ids.append(extra[-1])
     if len(gaps) != 1 or len(set(ids)) != len(ids):
@@ -82,15 +86,18 @@ def expected_scores(logits: torch.Tensor, reader: ScoreReader) -> list[ExpectedS
 
 @torch.no_grad()
 def score_first(
-    model: torch.nn.Module, tokenizer: Any, judge_texts: Sequence[str], min_score: int, max_score: int, settings: SamplingSettings,
+    model: torch.nn.Module, tokenizer: Any, judge_texts: Sequence[str], template: JudgeTemplate, settings: SamplingSettings,
 ) -> tuple[list[ExpectedScore], ScoreReader]:
-    """Expected score of each rendered judge text (``template.render(prompt, response)``) in one pass."""
+    """Expected score of each rendered judge text (``template.render(prompt, response)``) in one pass.
+
+    The judge's reply is started with the template's answer line (``Score:``, ``Rating: [[``).
+    """
     if not judge_texts:
-        return [], ScoreReader(SCORE_LEAD, (), (), ())
+        return [], ScoreReader(template.lead, (), (), ())
     was_training = model.training
     model.eval()
     rendered = [render_prompt(tokenizer, t) for t in judge_texts]
-    reader = score_reader(tokenizer, rendered[0], min_score, max_score)
+    reader = score_reader(tokenizer, rendered[0], template.min_score, template.max_score, template.lead, template.value_prefix)
     ids = [tokenizer(r + reader.lead_text, add_special_tokens=False)["input_ids"] + list(reader.lead_gap) for r in rendered]
     logits = Engine(model, settings, tokenizer.pad_token_id, stop_token_ids(tokenizer, model)).next_token_logits(ids)
     model.train(was_training)

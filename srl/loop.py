@@ -27,13 +27,13 @@ from srl.chat import encode_sft
 from srl.dpo import DPOModule, DPOSettings, collate_pairs, encode_pair, reference_logprobs
 from srl.generation import SamplingSettings, sample_texts
 from srl.models import HFModelSpec, ModelSlot, save_model
-from srl.pairs import select_pairs
+from srl.pairs import PairSettings, select_pairs
 from srl.records import (
     Candidate, EFTExample, IFTExample, Judgement, Pair, PartialJsonl, PromptAttempt, PromptRecord, RankedPrompt, read_jsonl, write_jsonl,
 )
 from srl.sft import SFTDataModule, SFTModule, SFTSettings, cap, restore_dropout, set_dropout
-from srl.stages import Manifest
-from srl.tracking import Tracker
+from srl.stages import Manifest, find_manifests, link_or_copy
+from srl.tracking import SAMPLE_ROWS, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +55,22 @@ def stage_names(num_models: int, evaluate: bool = False) -> list[str]:
 @dataclasses.dataclass
 class LoopSettings:
     """``num_models``: M1..M_T (paper: 3); ``stop_after``: the last stage to run (None: all);
-    ``min_margin``: smallest score gap for a pair."""
+    ``reuse_from``: a folder of earlier runs whose finished stages with the same config are linked
+    instead of run (a sweep over a later stage); ``on_no_pairs``: what an iteration without a usable
+    prompt or pair does: ``error`` (stop with the reason) or ``carry`` (log it, count it, and make
+    M_{t+1} a copy of M_t, so a sweep job whose judge never parses still finishes and shows 0 pairs)."""
 
     num_models: int = 3
     stop_after: str | None = None
-    min_margin: float = 0.0
     seed: int = 0
+    reuse_from: str | None = None
+    on_no_pairs: str = "error"
 
     def __post_init__(self) -> None:
         if self.num_models < 1:
             raise ValueError(f"iteration.num_models must be >= 1, got {self.num_models}")
+        if self.on_no_pairs not in ("error", "carry"):
+            raise ValueError(f"iteration.on_no_pairs must be 'error' or 'carry', got {self.on_no_pairs!r}")
         names = stage_names(self.num_models, evaluate=True)
         if self.stop_after is not None and self.stop_after not in names:
             raise ValueError(f"iteration.stop_after={self.stop_after!r} is not a stage of this run; stages: {names}")
@@ -100,6 +106,7 @@ class SelfRewardingLoop:
         generation: aift.CandidateSettings | None = None,
         dpo: DPOSettings | None = None,
         evaluation: EvalSettings | None = None,
+        pairs: PairSettings | None = None,
         hook: aift.ChunkHook | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
@@ -107,6 +114,7 @@ class SelfRewardingLoop:
         self.prompt_gen, self.generation, self.dpo = prompt_gen, generation, dpo
         self.trainer_factory, self.settings, self.fingerprints, self.tracker = trainer_factory, loop, fingerprints, tracker
         self.hook = hook
+        self.pairs = pairs if pairs is not None else PairSettings(seed=loop.seed)
         self.evaluation = evaluation if evaluation is not None and evaluation.in_loop else None
         self.stages = stage_names(loop.num_models, self.evaluation is not None)
         if loop.stop_after is not None and loop.stop_after not in self.stages:
@@ -115,8 +123,33 @@ class SelfRewardingLoop:
         self.slot = ModelSlot()
 
     def run(self) -> dict[str, Any]:
+        """Run every stage not finished yet; ``summary.json`` is written at the end, and also when a
+        stage fails (with ``status`` saying where and why), so a failed job of a sweep keeps its metrics."""
+        self.tracker.summary["status"] = "running"
+        try:
+            self._run_stages()
+        except Exception as exc:
+            failed = next((s for s in self.stages if s not in self.manifest.data["stages"]), "?")
+            self.tracker.summary["status"] = f"failed at {failed}: {type(exc).__name__}: {exc}"
+            self.tracker.write_summary()
+            raise
+        self.tracker.summary["status"] = "ok"
+        self.write_eval_table()
+        self.tracker.write_summary()
+        return self.tracker.summary
+
+    def _run_stages(self) -> None:
+        # Reuse is for a prefix of the run: once a stage runs here, later ones run here too.
+        sources = find_manifests(self.settings.reuse_from, self.run_dir) if self.settings.reuse_from else []
         for stage in self.stages:
             fingerprint = self.fingerprints[stage]
+            if sources and stage not in self.manifest.data["stages"]:
+                adopted = self.manifest.adopt(stage, fingerprint, sources)
+                if adopted is not None:
+                    self.tracker.log(adopted)
+                    if stage == self.settings.stop_after:
+                        break
+                    continue
             if stage.startswith("eval/") and stage in self.manifest.data["stages"] and not self.manifest.recorded(stage, fingerprint):
                 # Evaluations derive from finished models: a changed eval config reruns them, nothing else.
                 log.info("stage %s: evaluation config changed, running it again", stage)
@@ -128,15 +161,14 @@ class SelfRewardingLoop:
             else:
                 log.info("stage %s: running", stage)
                 started = time.perf_counter()
+                if not stage.startswith("eval/"):  # evaluations are side branches: training stages may still be reused
+                    sources = []
                 metrics, outputs = self.run_stage(stage)
                 metrics[f"time/{stage}_s"] = round(time.perf_counter() - started, 2)
                 self.tracker.log(metrics)
                 self.manifest.record(stage, fingerprint, metrics, outputs)
             if stage == self.settings.stop_after:
                 break
-        self.write_eval_table()
-        self.tracker.write_summary()
-        return self.tracker.summary
 
     def run_stage(self, stage: str) -> tuple[dict[str, Any], list[str]]:
         if stage == "data":
@@ -289,12 +321,18 @@ class SelfRewardingLoop:
             records, metrics = aift.generate_prompts(model, tokenizer, human, earlier, settings, seed, t, store, self.hook)
             store.finish()
         if not records:
-            raise NoPairsError(
+            self._no_pairs(
                 f"iteration {t}: no prompt passed the filters ({metrics}); see {self.iter_dir(t) / 'prompt_attempts.jsonl'} "
                 "for the rejected attempts and their reasons, and loosen prompt_gen.filters or raise prompt_gen.max_attempts"
             )
         write_jsonl(out, records)
         return aift.prefixed(f"iter{t}/prompts", metrics), [str(out)]
+
+    def _no_pairs(self, reason: str) -> None:
+        """Stop (``on_no_pairs=error``) or log and go on with nothing (``carry``)."""
+        if self.settings.on_no_pairs == "error":
+            raise NoPairsError(reason)
+        log.warning("%s. iteration.on_no_pairs=carry: the next model is a copy of this one", reason)
 
     def stage_candidates(self, t: int) -> tuple[dict[str, Any], list[str]]:
         prompts = read_jsonl(self.iter_dir(t) / "prompts.jsonl", PromptRecord)
@@ -310,14 +348,21 @@ class SelfRewardingLoop:
         store = PartialJsonl(self.iter_dir(t) / "judgements.jsonl", Judgement)
         aift.judge_candidates(model, tokenizer, candidates, self.judge, self.settings.seed, t, store, self.hook)
         path = store.finish()
-        metrics = aift.judgement_metrics(read_jsonl(path, Judgement), self.judge.template)
+        judgements = read_jsonl(path, Judgement)
+        metrics = aift.judgement_metrics(judgements, self.judge.template)
+        by_key = {(j.prompt_id, j.candidate): j for j in judgements}
+        rows = []
+        for c in candidates[:SAMPLE_ROWS]:
+            j = by_key.get((c.prompt_id, c.candidate))
+            rows.append([c.prompt_id, c.prompt, c.candidate, c.response, j.score if j else None, j.texts[0] if j and j.texts else ""])
+        self.tracker.log_samples(f"iter{t}/judge/samples", ["prompt_id", "prompt", "candidate", "response", "score", "judge_text"], rows)
         return aift.prefixed(f"iter{t}/judge", metrics), [str(path)]
 
     def stage_pairs(self, t: int) -> tuple[dict[str, Any], list[str]]:
         d = self.iter_dir(t)
         candidates = read_jsonl(d / "candidates.jsonl", Candidate)
         judgements = read_jsonl(d / "judgements.jsonl", Judgement)
-        selected, counts = select_pairs(candidates, judgements, self.settings.min_margin)
+        selected, counts = select_pairs(candidates, judgements, self.pairs, t)
         dpo: DPOSettings = self._require("dpo")
         model, tokenizer = self.load_m(t)
         encoded, kept = [], []
@@ -330,12 +375,15 @@ class SelfRewardingLoop:
             kept.append((chosen, rejected, cs, rs))
         if not kept:
             judged = aift.judgement_metrics(judgements, self.judge.template)
-            raise NoPairsError(
+            self._no_pairs(
                 f"iteration {t}: no usable preference pair from {len(candidates)} candidates ({counts}); judge parse-failure "
                 f"rate {judged['parse_fail_rate']:.0%}, unscored replies {judged['unscored_replies']}. Read {d / 'judgements.jsonl'}: "
                 "if the judge never writes 'Score: N', train M1 with more EFT data (sft.max_eft_examples, sft.max_epochs) or raise "
                 "judge.sampling.max_new_tokens; if all scores tie, raise generation.num_candidates or judge.num_samples"
             )
+            write_jsonl(d / "pairs.jsonl", [])
+            counts["kept"] = 0
+            return aift.prefixed(f"iter{t}/pairs", counts), [str(d / "pairs.jsonl")]
         with_ref = reference_logprobs(model, encoded, tokenizer.pad_token_id, dpo.ref_batch_size)
         records = [
             Pair(c.prompt_id, c.prompt, c.response, r.response, cs, rs, p.ref_chosen, p.ref_rejected)
@@ -343,14 +391,28 @@ class SelfRewardingLoop:
         ]
         path = d / "pairs.jsonl"
         write_jsonl(path, records)
+        self.tracker.log_samples(
+            f"iter{t}/pairs/samples", ["prompt_id", "prompt", "chosen", "rejected", "chosen_score", "rejected_score"],
+            [[p.prompt_id, p.prompt, p.chosen, p.rejected, p.chosen_score, p.rejected_score] for p in records],
+        )
         counts["kept"] = len(records)
+        lengths = {(c.prompt_id, c.candidate): c.num_tokens for c in candidates}
+        counts["chosen_tokens_mean"] = sum(lengths[(p.prompt_id, c.candidate)] for p, (c, _, _, _) in zip(records, kept)) / len(records)
+        counts["rejected_tokens_mean"] = sum(lengths[(p.prompt_id, r.candidate)] for p, (_, r, _, _) in zip(records, kept)) / len(records)
         counts["mean_margin"] = sum(p.chosen_score - p.rejected_score for p in records) / len(records)
+        template = self.judge.template
+        counts["mean_margin_frac"] = counts["mean_margin"] / (template.max_score - template.min_score)  # comparable across formats
         return aift.prefixed(f"iter{t}/pairs", counts), [str(path)]
 
     def stage_dpo(self, t_next: int) -> tuple[dict[str, Any], list[str]]:
         t = t_next - 1
         dpo: DPOSettings = self._require("dpo")
         pairs = read_jsonl(self.iter_dir(t) / "pairs.jsonl", Pair)
+        if not pairs:  # iteration.on_no_pairs=carry let an iteration without pairs through: M_{t+1} = M_t
+            folder = self.model_folder(t_next)
+            link_or_copy(self.model_folder(t), folder)
+            log.warning("M%d is a copy of M%d: iteration %d has no preference pair", t_next, t, t)
+            return {f"m{t_next}/dpo/pairs": 0, f"m{t_next}/dpo/skipped": 1}, [str(folder)]
         model, tokenizer = self.load_m(t)
         encoded = []
         for p in pairs:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import torch
@@ -76,6 +77,80 @@ def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     return logprobs.sum(-1)
 
 
+PREFERENCE_LOSSES = ("sigmoid", "ipo", "conservative", "rpo")
+
+
+@dataclasses.dataclass(frozen=True)
+class PreferenceLoss:
+    """What ``preference_loss`` returns.
+
+    ``loss``: scalar, mean over the batch, with gradient. ``chosen_rewards``/``rejected_rewards``:
+    (batch,), beta * (log pi - log pi_ref) on SUMMED log-probs for every kind (so the logged rewards
+    compare across losses), detached. ``nll``: rpo only, the batch mean of the length-normalised
+    NLL of the chosen reply (already inside ``loss``, times nll_alpha), detached; None otherwise.
+    """
+
+    loss: torch.Tensor
+    chosen_rewards: torch.Tensor
+    rejected_rewards: torch.Tensor
+    nll: torch.Tensor | None = None
+
+
+def _per_token(logps: torch.Tensor, tokens: torch.Tensor | None, kind: str, name: str) -> torch.Tensor:
+    if tokens is None:
+        raise ValueError(f"preference loss {kind!r} averages log-probs over each reply's tokens: pass {name} (batch,)")
+    return logps / tokens.to(logps.dtype).clamp(min=1)
+
+
+def preference_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    kind: str,
+    beta: float,
+    label_smoothing: float = 0.0,
+    nll_alpha: float = 0.0,
+    chosen_tokens: torch.Tensor | None = None,
+    rejected_tokens: torch.Tensor | None = None,
+) -> PreferenceLoss:
+    """A pairwise preference loss on SUMMED reply log-probs, each (batch,); returns ``PreferenceLoss``.
+
+    With h = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected), per pair:
+
+    - ``sigmoid`` (DPO, Rafailov et al. 2023; the paper's Sec. 3.3): -log sigmoid(beta h).
+    - ``ipo`` (Azar et al. 2023, arXiv 2310.12036): (h' - 1/(2 beta))^2, with h' as h but on
+      log-probs averaged over each reply's tokens (``chosen_tokens``/``rejected_tokens``, as the
+      IPO authors and TRL do); beta is the IPO tau, and h' is regressed to 1/(2 tau).
+    - ``conservative`` (cDPO, Mitchell 2023): the preference label is wrong with probability
+      eps = ``label_smoothing`` in [0, 0.5): -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h).
+    - ``rpo`` (Iterative RPO, Pang et al. 2024, arXiv 2404.19733): sigmoid DPO + ``nll_alpha`` *
+      (-policy_chosen / chosen_tokens), the chosen reply's NLL per token (paper: alpha 1).
+
+    Options a kind does not use are ignored. Token counts are clamped to >= 1.
+    """
+    if kind not in PREFERENCE_LOSSES:
+        raise ValueError(f"unknown preference loss {kind!r}; choose one of {list(PREFERENCE_LOSSES)}")
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 0.5) (probability that a preference is flipped)")
+    chosen_rewards = beta * (policy_chosen - ref_chosen)
+    rejected_rewards = beta * (policy_rejected - ref_rejected)
+    nll = None
+    if kind == "ipo":
+        chosen_ratio = _per_token(policy_chosen - ref_chosen, chosen_tokens, kind, "chosen_tokens")
+        rejected_ratio = _per_token(policy_rejected - ref_rejected, rejected_tokens, kind, "rejected_tokens")
+        losses = (chosen_ratio - rejected_ratio - 1.0 / (2.0 * beta)) ** 2
+    else:
+        logits = chosen_rewards - rejected_rewards  # beta * h
+        losses = -F.logsigmoid(logits)
+        if kind == "conservative":
+            losses = (1.0 - label_smoothing) * losses - label_smoothing * F.logsigmoid(-logits)
+        elif kind == "rpo":
+            nll = -_per_token(policy_chosen, chosen_tokens, kind, "chosen_tokens").mean()
+            losses = losses + nll_alpha * nll
+    return PreferenceLoss(losses.mean(), chosen_rewards.detach(), rejected_rewards.detach(), None if nll is None else nll.detach())
+
+
 def dpo_loss(
     policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor, beta: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -83,8 +158,7 @@ def dpo_loss(
 
     reward = beta * (log pi(y|x) - log pi_ref(y|x)); loss = -log sigmoid(reward_chosen - reward_rejected),
     averaged over the batch. Returns (loss, chosen rewards, rejected rewards); rewards are detached.
+    ``preference_loss(..., "sigmoid", beta)`` as a tuple.
     """
-    chosen_rewards = beta * (policy_chosen - ref_chosen)
-    rejected_rewards = beta * (policy_rejected - ref_rejected)
-    loss = -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
-    return loss, chosen_rewards.detach(), rejected_rewards.detach()
+    out = preference_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, "sigmoid", beta)
+    return out.loss, out.chosen_rewards, out.rejected_rewards

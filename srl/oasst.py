@@ -12,6 +12,8 @@ and passed review (``review_result`` true; false or missing means it did not pas
   ``ranked`` (offline): score = round(1 + 4 * (n - 1 - i) / (n - 1)) for the reply at position i
   (0 = best) of a group of n, so the best reply gets 5 and the worst 1 (n=2: 5,1; n=3: 5,3,1;
   n=4: 5,4,2,1); the justification names the rubric criteria met and the first one missed.
+  Other judge formats spread the ranks over their own scale and words (``JudgeTemplate.ranked_score``,
+  ``justification``); a pairwise judge gets both orders of every differently ranked pair.
   ``paper``: a judge model writes justification and score; a group is kept only when every reply's
   score parses and the scores order the replies strictly as the humans did; then the most frequent
   score is down-sampled to the count of the second most frequent (the paper balances its
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import json
 import logging
 import random
@@ -39,8 +42,7 @@ from srl.records import (
     write_json,
     write_jsonl,
 )
-from srl.scoring import parse_score
-from srl.templates import JudgeTemplate, render_judge_target, rubric_justification
+from srl.templates import JudgeTemplate, PairwiseTemplate
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +248,7 @@ def _eft(group: RankedPrompt, i: int, template: JudgeTemplate, justification: st
         justification=justification,
         score=score,
         judge_prompt=template.render(group.prompt, group.replies[i]),
-        target=render_judge_target(justification, score),
+        target=template.target(justification, score),
         tree_id=group.tree_id,
         message_id=group.message_id,
         human_rank=group.ranks[i],
@@ -255,16 +257,41 @@ def _eft(group: RankedPrompt, i: int, template: JudgeTemplate, justification: st
     )
 
 
-def eft_ranked(groups: Iterable[RankedPrompt], template: JudgeTemplate) -> list[EFTExample]:
-    """EFT examples whose score comes from the human ranking (see the module docstring)."""
-    if (template.min_score, template.max_score) != (0, 5):
-        raise ValueError("EFT 'ranked' mode writes 0-5 rubric scores; use a judge template with range 0..5")
+def eft_ranked(groups: Iterable[RankedPrompt], template: JudgeTemplate | PairwiseTemplate) -> list[EFTExample]:
+    """EFT examples whose score comes from the human ranking (see the module docstring).
+
+    A pointwise format scores the reply at rank position i of n with ``template.ranked_score`` (the
+    additive rubric: 1..5 as ``rank_score``) and words the justification its own way; a pairwise
+    format gets every ordered pair of differently ranked replies (``eft_pairwise``).
+    """
+    if template.kind == "pairwise":
+        return eft_pairwise(groups, template)
     out = []
     for g in groups:
         n = len(g.replies)
         for i in range(n):
-            score = rank_score(i, n)
-            out.append(_eft(g, i, template, rubric_justification(score), score, "ranked"))
+            score = template.ranked_score(i, n)
+            out.append(_eft(g, i, template, template.justification(score), score, "ranked"))
+    return out
+
+
+def eft_pairwise(groups: Iterable[RankedPrompt], template: PairwiseTemplate) -> list[EFTExample]:
+    """Pairwise EFT: for replies i, j of a group with different human ranks, both orders (A=i, B=j and
+    A=j, B=i), the target naming the better-ranked one. ``response`` and ``human_rank`` are reply A's;
+    ``score`` is 1 when A wins, else 0. A group of n replies gives up to n(n-1) examples, half won by A.
+    """
+    out = []
+    for g in groups:
+        for a, b in itertools.permutations(range(len(g.replies)), 2):
+            if g.ranks[a] == g.ranks[b]:
+                continue
+            winner = "A" if g.ranks[a] < g.ranks[b] else "B"
+            justification = f"Response {winner} answers the request more helpfully, accurately and completely."
+            out.append(EFTExample(
+                prompt=g.prompt, response=g.replies[a], justification=justification, score=int(winner == "A"),
+                judge_prompt=template.render(g.prompt, g.replies[a], g.replies[b]), target=template.target(justification, winner),
+                tree_id=g.tree_id, message_id=g.message_id, human_rank=g.ranks[a], num_siblings=len(g.replies), mode="ranked_pairwise",
+            ))
     return out
 
 
@@ -304,7 +331,7 @@ def eft_paper(
             by_group[gi].append(text)
         still = []
         for gi in pending:
-            scores = [parse_score(t, template.min_score, template.max_score) for t in by_group[gi]]
+            scores = [template.parse(t) for t in by_group[gi]]
             if any(s is None for s in scores):
                 counts["eft_paper_unparsable"] += 1
                 still.append(gi)
@@ -402,6 +429,8 @@ def build(messages: Sequence[Message], settings: BuildSettings, template: JudgeT
     if settings.eft_mode == "ranked":
         eft_train = eft_ranked(groups_train, template)
     elif settings.eft_mode == "paper":
+        if template.kind == "pairwise":
+            raise ValueError("EFT mode 'paper' writes pointwise judgements; with a pairwise judge use data.build.eft_mode=ranked")
         if judge_fn is None:
             raise ValueError("EFT mode 'paper' needs a judge model (data.eft_judge) to write judgements")
         eft_train = eft_paper(groups_train, template, judge_fn, settings.seed, settings.eft_attempts, counts)

@@ -17,10 +17,13 @@ from omegaconf import DictConfig
 
 from srl import oasst
 from srl.generation import sample_texts
-from srl.run import CONF_DIR
+from srl.config import CONF_DIR, register_resolvers
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> dict[str, int]:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     source = instantiate(cfg.data.source)

@@ -238,6 +238,12 @@ class PartialJsonl:
             atomic_write_text(self.partial, "".join(line + "\n" for line in lines[:keep]))
         return read_jsonl(self.partial, self.cls)
 
+    def keep(self, count: int) -> None:
+        """Cut the partial file back to its first ``count`` records (a unit of work cut short)."""
+        if self.partial.is_file():
+            lines = self.partial.read_text(encoding="utf-8").split("\n")[:-1]
+            atomic_write_text(self.partial, "".join(line + "\n" for line in lines[:count]))
+
     def append(self, records: Iterable[Any]) -> None:
         self.partial.parent.mkdir(parents=True, exist_ok=True)
         with self.partial.open("a", encoding="utf-8") as fh:

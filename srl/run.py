@@ -13,16 +13,18 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from srl.config import CONF_DIR, register_resolvers
 from srl.loop import DataSettings, SelfRewardingLoop, stage_names
 from srl.models import config_fingerprint
-from srl.tracking import Tracker
+from srl.tracking import Tracker, run_identity
 
 log = logging.getLogger("srl")
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+register_resolvers()
 
 # Config sections that a stage's outputs add to what the stages before it depend on. A finished
 # stage is reused only if every section up to it is unchanged. Pairs store the reference
@@ -33,7 +35,7 @@ STAGE_INPUTS = {
     "prompts": ("prompt_gen",),
     "candidates": ("generation",),
     "judgements": (),
-    "pairs": ("dpo.max_length", "iteration.min_margin"),
+    "pairs": ("dpo.max_length", "pairs"),
     "dpo": ("dpo",),
 }
 # An evaluation stage depends on its model's stages and on these; later stages do not depend on it.
@@ -63,10 +65,28 @@ def job_config(cfg: DictConfig) -> dict[str, Any]:
     return {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in cfg if k != "hydra"}
 
 
+def logger_identity(cfg: DictConfig) -> dict[str, Any]:
+    """W&B name/group/tags/job_type/notes of this job (``tracking.run_identity``) from Hydra's runtime.
+
+    A sweep file's ``hydra.sweeper.params`` keys name the job; for a sweep given on the command line
+    (``judge=a,b``) the job's overrides do.
+    """
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    swept = list(OmegaConf.select(hc, "sweeper.params") or {})
+    return run_identity(
+        list(hc.overrides.task), multirun, OmegaConf.select(cfg, "sweep.name"), hc.sweep.dir if multirun else None, swept,
+        hc.job.num if multirun else None, OmegaConf.select(cfg, "sweep.question"),
+    )
+
+
 def build_logger(cfg: DictConfig) -> Any | None:
     if not cfg.get("logger"):
         return None
-    logger = instantiate(cfg.logger)
+    extra = {}
+    if str(cfg.logger.get("_target_", "")).endswith("WandbLogger"):
+        extra = {k: v for k, v in logger_identity(cfg).items() if k in cfg.logger and cfg.logger[k] is None and v is not None}
+    logger = instantiate(cfg.logger, **extra)
     logger.log_hyperparams(job_config(cfg))
     return logger
 
@@ -99,6 +119,7 @@ def build_loop(cfg: DictConfig, run_dir: Path) -> SelfRewardingLoop:
         loop=instantiate(cfg.iteration),
         fingerprints=fingerprints(cfg),
         evaluation=instantiate(cfg.eval),
+        pairs=instantiate(cfg.pairs),
         tracker=Tracker(run_dir, build_logger(cfg)),
     )
 
@@ -112,7 +133,7 @@ def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
     print("srl run finished: " + str(run_dir) + "\n" + "\n".join(lines) + shown_table + f"\n  summary: {run_dir / 'summary.json'}")
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     loop = build_loop(cfg, run_dir)

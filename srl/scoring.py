@@ -1,4 +1,4 @@
-"""Parsing the judge's score from its text.
+"""Parsing the judge's score (``Score: N``, ``Rating: [[N]]``) or verdict (``Winner: A``) from its text.
 
 A judge reply ends with ``Score: N`` (templates.py). The parser is lenient about case, spacing,
 markdown emphasis and a ``/max`` suffix, and strict about meaning: a reply without a readable
@@ -21,18 +21,39 @@ SCORE_RE = re.compile(
 
 def parse_score(text: str | None, min_score: float = 0, max_score: float = 5) -> float | None:
     """The last stated score in ``text`` as a float in [min_score, max_score], else ``None``."""
+    return _last_number(SCORE_RE, text, min_score, max_score)
+
+
+def _last_number(pattern: re.Pattern, text: str | None, min_score: float, max_score: float) -> float | None:
+    """The value of ``pattern``'s last match (its first non-empty group; the last group is an
+    optional denominator, which must equal ``max_score``), if in [min_score, max_score]."""
     if not text:
         return None
-    matches = list(SCORE_RE.finditer(text))
+    matches = list(pattern.finditer(text))
     if not matches:
         return None
-    value_text, denominator = matches[-1].group(1), matches[-1].group(2)
+    groups = matches[-1].groups()
+    value_text, denominator = next(g for g in groups[:-1] if g is not None), groups[-1]
     if denominator is not None and float(denominator) != float(max_score):
         return None
     value = float(value_text)
     if not math.isfinite(value) or value < min_score or value > max_score:
         return None
     return value
+
+
+# MT-Bench-style ratings: "Rating: [[7]]"; also "[[7]]" alone, "Rating: 7" and "Rating: 7/10". After
+# "Rating:" any number of brackets is formatting ("Rating: [[[7]" still means 7), as is emphasis.
+RATING_RE = re.compile(
+    r"\[\[\s*" + _NUMBER + r"\s*\]\]|rating\W{0,3}?(?:\s*(?:is|of|=|:|-(?=\s))\s*)+[\[*_`\s]*" + _NUMBER
+    + r"(?:\s*(?:/|out\s+of)\s*" + _NUMBER + r")?",
+    re.IGNORECASE,
+)
+
+
+def parse_rating(text: str | None, min_score: float = 1, max_score: float = 10) -> float | None:
+    """The last stated rating (``[[N]]`` or ``Rating: N``) in [min_score, max_score], else ``None``."""
+    return _last_number(RATING_RE, text, min_score, max_score)
 
 
 # Head-to-head verdicts: "Winner: A" (our template), also "Winner: Response B", "[[A]]" and "[[C]]"

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -23,9 +25,43 @@ class StageConfigMismatch(RuntimeError):
     pass
 
 
+def link_or_copy(src: Path, dest: Path) -> None:
+    """Hard-link ``src`` (a file or a folder tree) to ``dest``, copying where links are impossible.
+
+    Stage outputs are never modified in place (they are written under temporary names and renamed),
+    so a linked file cannot change under the run it came from.
+    """
+    def link(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    if dest.is_dir():
+        shutil.rmtree(dest)
+    elif dest.exists():
+        dest.unlink()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if src.is_dir():
+        shutil.copytree(src, dest, copy_function=link)
+    else:
+        link(str(src), str(dest))
+
+
+def find_manifests(root: str | Path, exclude: str | Path) -> list["Manifest"]:
+    """Manifests of the finished or half-finished runs under ``root`` (the dir itself and up to two
+    levels below: a sweep dir's jobs), except the run at ``exclude``; in path order."""
+    root, exclude = Path(root), Path(exclude).resolve()
+    if not root.is_dir():
+        return []
+    paths = [root / "manifest.json"] + sorted(root.glob("*/manifest.json")) + sorted(root.glob("*/*/manifest.json"))
+    return [Manifest(p.parent) for p in paths if p.is_file() and p.parent.resolve() != exclude]
+
+
 class Manifest:
     def __init__(self, run_dir: str | Path) -> None:
-        self.path = Path(run_dir) / "manifest.json"
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / "manifest.json"
         self.data: dict[str, Any] = {"stages": {}}
         if self.path.is_file():
             self.data = json.loads(self.path.read_text(encoding="utf-8"))
@@ -69,3 +105,31 @@ class Manifest:
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         write_json(self.path, self.data)
+
+    def adopt(self, stage: str, fingerprint: str, sources: list["Manifest"]) -> dict[str, Any] | None:
+        """Link ``stage``'s outputs from the first source run that finished it with ``fingerprint``.
+
+        Fingerprints cover every config section the stage depends on, its predecessors' included,
+        so equal fingerprints mean equal inputs. Outputs are placed at the same paths relative to
+        this run dir and the stage is recorded here with the source's metrics (and where they came
+        from); returns those metrics, or None when no source has the stage.
+        """
+        for source in sources:
+            entry = source.data["stages"].get(stage)
+            if entry is None or entry["fingerprint"] != fingerprint:
+                continue
+            outputs = [Path(o) for o in entry.get("outputs", [])]
+            if not all(o.exists() for o in outputs):
+                continue
+            mine = []
+            for out in outputs:
+                dest = self.run_dir / os.path.relpath(out.resolve(), source.run_dir.resolve())
+                link_or_copy(out, dest)
+                mine.append(str(dest))
+            metrics = dict(entry.get("metrics", {}))
+            self.record(stage, fingerprint, metrics, mine)
+            self.data["stages"][stage]["reused_from"] = str(source.run_dir)
+            write_json(self.path, self.data)
+            log.info("stage %s: reused from %s", stage, source.run_dir)
+            return metrics
+        return None

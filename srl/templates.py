@@ -1,13 +1,21 @@
-"""Prompt templates: the LLM-as-a-Judge prompt and the judge's target text.
+"""Prompt templates: the LLM-as-a-Judge formats and the judge's target texts.
 
-The built-in judge follows the paper's additive 5-point rubric (Yuan et al., 2024, Fig. 2), written
-in our own words: one point each for relevance, for covering a substantial part of the question,
-for usefully answering its basic elements, for a clear and well-organised assistant-style answer,
-and for an expert, tailored answer; then a short justification and a last line ``Score: N``.
+Judge formats (the ``judge`` config group), each with its score range, answer line and parser:
+
+- ``additive5`` (default): the paper's additive 5-point rubric (Yuan et al., 2024, Fig. 2), in our
+  own words: one point each for relevance, for covering a substantial part of the question, for
+  usefully answering its basic elements, for a clear and well-organised assistant-style answer, and
+  for an expert, tailored answer; a short justification, then ``Score: N`` (0..5).
+- ``buckets``: a multiple-choice prompt of five quality descriptions in the style of Li et al.
+  (2023, instruction backtranslation), the alternative the paper compared against; ``Score: N`` (1..5).
+- ``ten_point``: a holistic 1..10 scale in the style of MT-Bench single-answer grading,
+  ``Rating: [[N]]``.
+- ``pairwise`` (``PairwiseTemplate``): A vs B with ``Winner: A|B|tie``, for head-to-head evaluation
+  and for judging candidates as a round robin (``srl/aift.py``); its score is a win fraction, 0..1.
 
 A user may point the config at their own template file (for instance the paper's verbatim text);
 it must contain the placeholders ``{prompt}`` and ``{response}`` and no others (write literal
-braces as ``{{`` and ``}}``).
+braces as ``{{`` and ``}}``), and declares its score range and answer line in the config.
 """
 
 from __future__ import annotations
@@ -15,6 +23,8 @@ from __future__ import annotations
 import dataclasses
 import string
 from pathlib import Path
+
+from srl.scoring import parse_rating, parse_score, parse_verdict
 
 PLACEHOLDERS = frozenset({"prompt", "response"})
 PAIRWISE_PLACEHOLDERS = frozenset({"prompt", "response_a", "response_b"})
@@ -62,7 +72,76 @@ CRITERIA_UNMET = (
     "is not expert and precisely tailored",
 )
 
-BUILTIN_TEMPLATES = {"additive5": ADDITIVE_5POINT}
+# Multiple-choice quality buckets, in the style of Li et al. (2023)'s self-curation prompt (our
+# wording): the judge picks the one description that fits. The paper (Sec. 4.3 / App. A) reports
+# that its additive prompt agrees with humans far better than this kind of prompt.
+BUCKETS_5 = """\
+Below are a user's request and a candidate response. Decide how good an example the response is of \
+the way an AI assistant should answer the request, and choose the ONE description that fits it best.
+1: The response is incomplete, vague, off topic, controversial or not what the user asked for. It \
+may leave out content, include unrelated or promotional text, or be written in an odd style.
+2: The response covers most of what the user asked for, but does not answer the request directly: \
+it gives a general approach instead of a solution, or restates the request.
+3: The response is helpful and answers the user's basic asks, but it is not written from an AI \
+assistant's point of view: it reads like a blog post, a web page or a forum reply.
+4: The response is written from an AI assistant's point of view and answers the request clearly, \
+completely and in good order; it could be a little more concise or focused.
+5: The response is an ideal AI assistant's answer: focused on the request, expert, logical, easy to \
+follow and insightful, with nothing superfluous.
+
+User request:
+{prompt}
+
+<response>
+{response}
+</response>
+
+First say in no more than 100 words which description fits and why. Then give the number of that \
+description alone on the last line, as "Score: <1-5>"."""
+
+BUCKET_PHRASES = (
+    "it is incomplete, vague or not what the user asked for",
+    "it covers most of the request but does not answer it directly",
+    "it answers the basic asks but does not read like an assistant's answer",
+    "it is a clear, complete assistant's answer with a little room to be more focused",
+    "it is an ideal assistant's answer: focused, expert and easy to follow",
+)
+
+# A holistic 1..10 scale in the style of MT-Bench single-answer grading (our wording).
+TEN_POINT = """\
+Act as an impartial judge of the response below to the user's request. Consider how helpful, \
+relevant, accurate, deep and detailed it is, and how well it is written. Do not let its length \
+sway you.
+
+User request:
+{prompt}
+
+<response>
+{response}
+</response>
+
+First explain your judgement in no more than 100 words. Then rate the response on a scale of 1 to \
+10 alone on the last line, strictly in this form: "Rating: [[<1-10>]]", for example "Rating: [[5]]"."""
+
+SCALE_PHRASES = ((2, "poor"), (4, "weak"), (6, "adequate"), (8, "good"), (10, "excellent"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Builtin:
+    text: str
+    min_score: int
+    max_score: int
+    answer: str
+    rubric: str
+
+
+BUILTIN_TEMPLATES = {
+    "additive5": Builtin(ADDITIVE_5POINT, 0, 5, "score", "additive"),
+    "buckets": Builtin(BUCKETS_5, 1, 5, "score", "buckets"),
+    "ten_point": Builtin(TEN_POINT, 1, 10, "rating", "scale"),
+}
+ANSWERS = ("score", "rating")  # "Score: N" | "Rating: [[N]]"
+RUBRICS = ("additive", "buckets", "scale")  # how EFT "ranked" mode words its justifications
 
 # Head-to-head evaluation (paper Sec. 4.2): which of two replies is better. The verdict line is
 # parsed by srl.scoring.parse_verdict. Each pair is judged in both orders (srl.headtohead).
@@ -90,18 +169,81 @@ BUILTIN_PAIRWISE_TEMPLATES = {"pairwise": PAIRWISE}
 
 @dataclasses.dataclass(frozen=True)
 class JudgeTemplate:
-    """A judge prompt with its score range; ``render`` fills ``{prompt}`` and ``{response}``."""
+    """A pointwise judge prompt with its score range and answer line.
+
+    ``render`` fills ``{prompt}`` and ``{response}``; ``parse`` reads the score from a judge reply
+    (``None`` when there is none in range); ``target`` writes the reply EFT trains on; ``lead`` is
+    the answer line's opening, which score-first judging (``srl/judge.py``) puts in the judge's mouth.
+    """
 
     text: str
     name: str = "additive5"
     min_score: int = 0
     max_score: int = 5
+    answer: str = "score"  # "score": last line "Score: N"; "rating": "Rating: [[N]]"
+    rubric: str = "additive"  # EFT "ranked" justifications: additive criteria | bucket descriptions | scale words
+
+    kind = "pointwise"
 
     def __post_init__(self) -> None:
         validate_placeholders(self.text, where=f"judge template '{self.name}'")
+        if self.answer not in ANSWERS:
+            raise ValueError(f"judge template '{self.name}': answer must be one of {ANSWERS}, got {self.answer!r}")
+        if self.rubric not in RUBRICS:
+            raise ValueError(f"judge template '{self.name}': rubric must be one of {RUBRICS}, got {self.rubric!r}")
+        if not self.min_score < self.max_score:
+            raise ValueError(f"judge template '{self.name}': min_score ({self.min_score}) must be below max_score ({self.max_score})")
 
     def render(self, prompt: str, response: str) -> str:
         return self.text.format(prompt=prompt.strip(), response=response.strip())
+
+    def parse(self, text: str | None) -> float | None:
+        if self.answer == "rating":
+            return parse_rating(text, self.min_score, self.max_score)
+        return parse_score(text, self.min_score, self.max_score)
+
+    @property
+    def lead(self) -> str:
+        """The answer line up to the number (score-first judging appends the score token)."""
+        return "Rating: [[" if self.answer == "rating" else "Score:"
+
+    @property
+    def value_prefix(self) -> str:
+        """What comes between ``lead`` and the number: "Score: 3", "Rating: [[3"."""
+        return "" if self.answer == "rating" else " "
+
+    def target(self, justification: str, score: int | float) -> str:
+        """The judge's answer: the justification, then the score alone on the last line."""
+        shown = int(score) if float(score).is_integer() else score
+        line = f"Rating: [[{shown}]]" if self.answer == "rating" else f"Score: {shown}"
+        return f"{justification.strip()}\n{line}"
+
+    def ranked_score(self, position: int, n: int) -> int:
+        """Score of the reply at human-rank ``position`` (0 = best) of ``n``, spread linearly over the scale.
+
+        The additive rubric starts at 1 (a ranked oasst1 reply is on topic): 1..5 as in
+        ``oasst.rank_score``; buckets 1..5; the 10-point scale 1..10.
+        """
+        if n < 2 or not 0 <= position < n:
+            raise ValueError(f"need n >= 2 and 0 <= position < n, got position={position}, n={n}")
+        low = self.min_score + 1 if self.rubric == "additive" else self.min_score
+        return int(round(low + (self.max_score - low) * (n - 1 - position) / (n - 1)))  # as oasst.rank_score (half to even)
+
+    def justification(self, score: int) -> str:
+        """A one-sentence justification for an integer ``score`` in this template's words."""
+        if self.rubric == "additive":
+            if (self.min_score, self.max_score) != (0, 5):
+                raise ValueError(f"judge template '{self.name}': additive justifications need the range 0..5")
+            return rubric_justification(score)
+        if not self.min_score <= score <= self.max_score:
+            raise ValueError(f"score {score} outside {self.min_score}..{self.max_score}")
+        if self.rubric == "buckets":
+            if (self.min_score, self.max_score) != (1, 5):
+                raise ValueError(f"judge template '{self.name}': bucket justifications need the range 1..5")
+            return f"Description {score} fits best: {BUCKET_PHRASES[score - 1]}."
+        frac = (score - self.min_score) / (self.max_score - self.min_score)
+        word = next(w for top, w in SCALE_PHRASES if 10 * frac <= top)
+        return f"Overall the response is {word} for this request."
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,11 +253,23 @@ class PairwiseTemplate:
     text: str
     name: str = "pairwise"
 
+    kind = "pairwise"
+    # As a loop judge, a reply's score is its win fraction in a round robin against its siblings.
+    min_score = 0
+    max_score = 1
+
     def __post_init__(self) -> None:
         validate_placeholders(self.text, where=f"pairwise template '{self.name}'", required=PAIRWISE_PLACEHOLDERS)
 
     def render(self, prompt: str, response_a: str, response_b: str) -> str:
         return self.text.format(prompt=prompt.strip(), response_a=response_a.strip(), response_b=response_b.strip())
+
+    def parse(self, text: str | None) -> str | None:
+        """``"A"``, ``"B"``, ``"tie"`` or ``None``."""
+        return parse_verdict(text)
+
+    def target(self, justification: str, winner: str) -> str:
+        return f"{justification.strip()}\nWinner: {winner}"
 
 
 def load_pairwise_template(name: str = "pairwise", path: str | None = None) -> PairwiseTemplate:
@@ -146,22 +300,38 @@ def validate_placeholders(text: str, where: str, required: frozenset[str] = PLAC
         )
 
 
-def load_judge_template(name: str = "additive5", path: str | None = None, min_score: int = 0, max_score: int = 5) -> JudgeTemplate:
-    """The built-in template ``name``, or the user's template file at ``path`` (validated)."""
+def load_judge_template(
+    name: str = "additive5", path: str | None = None, min_score: int | None = None, max_score: int | None = None,
+    answer: str | None = None, rubric: str | None = None,
+) -> JudgeTemplate:
+    """The built-in template ``name``, or the user's template file at ``path`` (validated).
+
+    A built-in template fixes its range and answer line: a config that states another range is an
+    error rather than a silently rescaled judge. A user file takes the stated values (default 0..5,
+    ``Score: N``, additive justifications).
+    """
     if path:
         file = Path(path).expanduser()
         if not file.is_file():
             raise FileNotFoundError(f"judge template file not found: {file}")
-        return JudgeTemplate(file.read_text(encoding="utf-8"), name=str(file), min_score=min_score, max_score=max_score)
+        return JudgeTemplate(
+            file.read_text(encoding="utf-8"), name=str(file), min_score=0 if min_score is None else min_score,
+            max_score=5 if max_score is None else max_score, answer=answer or "score", rubric=rubric or "additive",
+        )
     if name not in BUILTIN_TEMPLATES:
         raise ValueError(f"unknown built-in judge template '{name}'; choose one of {sorted(BUILTIN_TEMPLATES)} or set a path")
-    return JudgeTemplate(BUILTIN_TEMPLATES[name], name=name, min_score=min_score, max_score=max_score)
+    b = BUILTIN_TEMPLATES[name]
+    stated = {"min_score": min_score, "max_score": max_score, "answer": answer, "rubric": rubric}
+    wrong = {k: v for k, v in stated.items() if v is not None and v != getattr(b, k)}
+    if wrong:
+        fixed = {k: getattr(b, k) for k in wrong}
+        raise ValueError(f"judge template '{name}' has {fixed}; the config says {wrong}. Remove those keys or use a template file (judge.template.path)")
+    return JudgeTemplate(b.text, name=name, min_score=b.min_score, max_score=b.max_score, answer=b.answer, rubric=b.rubric)
 
 
 def render_judge_target(justification: str, score: int | float) -> str:
-    """The judge's answer: the justification, then the total alone on the last line."""
-    shown = int(score) if float(score).is_integer() else score
-    return f"{justification.strip()}\nScore: {shown}"
+    """The additive judge's answer: the justification, then ``Score: N`` alone on the last line."""
+    return JudgeTemplate(ADDITIVE_5POINT).target(justification, score)
 
 
 def rubric_justification(score: int) -> str:

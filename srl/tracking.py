@@ -1,12 +1,46 @@
-"""Metrics: one place that sends namespaced metrics to the experiment logger and to summary.json."""
+"""Metrics: one place that sends namespaced metrics to the experiment logger and to summary.json.
+
+Also how a job presents itself to W&B (``run_identity``): in a Hydra multirun every job is its own
+W&B run, grouped by sweep, tagged with its overrides and named after the values it sweeps.
+"""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from srl.records import write_json
+
+SAMPLE_ROWS = 24  # rows of each sample table (prompts, replies, judge texts) sent to the logger
+MAX_TAG = 64  # W&B rejects longer tags
+
+
+def run_identity(
+    overrides: Sequence[str], multirun: bool, sweep_name: str | None = None, sweep_dir: str | None = None,
+    swept_keys: Sequence[str] = (), job_num: int | None = None, question: str | None = None,
+) -> dict[str, Any]:
+    """W&B ``name``, ``group``, ``tags``, ``job_type`` and ``notes`` of one job.
+
+    overrides: the job's command-line overrides (``judge=buckets``, ``+sweeps=judge_format``);
+    swept_keys: the keys a sweep file varies (``hydra.sweeper.params``), which name the job together
+    with any override whose key the command line swept. A single run gets tags only.
+    """
+    tags = sorted({o[:MAX_TAG] for o in overrides})
+    if not multirun:
+        return {"name": None, "group": None, "tags": tags, "job_type": "run", "notes": question}
+    keys = {k.lstrip("+~") for k in swept_keys}
+    swept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in keys]
+    name = ",".join(swept) if swept else ",".join(o for o in overrides if not o.startswith("+sweeps=")) or "defaults"
+    sweep = sweep_name or "multirun"
+    group = f"{sweep}/{Path(sweep_dir).name}" if sweep_dir else sweep
+    return {
+        "name": f"{job_num}:{name}" if job_num is not None else name,
+        "group": group,
+        "tags": tags,
+        "job_type": sweep,
+        "notes": question,
+    }
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +65,16 @@ class Tracker:
         if self.logger is not None and hasattr(self.logger, "log_table"):
             self.logger.log_table(key=key, columns=columns, data=rows)
 
+    def log_samples(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
+        """The first ``SAMPLE_ROWS`` rows as a logger table only (the stage's files hold them all)."""
+        if self.logger is not None and hasattr(self.logger, "log_table") and rows:
+            self.logger.log_table(key=key, columns=columns, data=[[_cell(v) for v in r] for r in rows[:SAMPLE_ROWS]])
+
     def write_summary(self) -> Path:
         path = self.run_dir / "summary.json"
         write_json(path, self.summary)
         return path
+
+
+def _cell(value: Any) -> Any:
+    return value if value is None or isinstance(value, (str, int, float)) else str(value)

@@ -1,15 +1,24 @@
-"""DPO on the tiny model: stored reference log-probs, concatenated forward, loss falls, accuracy rises."""
+"""DPO on the tiny model: stored reference log-probs, concatenated forward, loss falls, accuracy rises; every loss trains."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
+import math
 
 import lightning as L
+import pytest
 import torch
+from hydra.utils import instantiate
 
-from srl.dpo import DPOModule, DPOSettings, collate_pairs, encode_pair, policy_logprobs, reference_logprobs
-from srl.losses import dpo_loss, sequence_logprobs
+from conftest import compose
+from srl.chat import IGNORE_INDEX
+from srl.dpo import (
+    DPOModule, DPOSettings, batch_preference_loss, collate_pairs, encode_pair, policy_logprobs, policy_logprobs_and_counts,
+    reference_logprobs,
+)
+from srl.losses import PREFERENCE_LOSSES, dpo_loss, sequence_logprobs
 from srl.sft import SFTDataModule
 
 PAIRS = [
@@ -59,6 +68,15 @@ def batch_metrics(model, batch, beta):
     return float(loss), float((cr > rr).float().mean())
 
 
+def fit(model, tok, pairs, settings):
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=settings.max_epochs, accumulate_grad_batches=settings.accumulate_grad_batches,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+    )
+    trainer.fit(DPOModule(model, settings, metric_prefix="m2/dpo"), datamodule=SFTDataModule(pairs, [], settings.micro_batch_size, tok.pad_token_id, collate=collate_pairs))
+    return trainer
+
+
 def test_dpo_training_lowers_loss_and_raises_accuracy(tiny):
     model, tok = copy.deepcopy(tiny[0]), tiny[1]
     settings = DPOSettings(
@@ -71,12 +89,7 @@ def test_dpo_training_lowers_loss_and_raises_accuracy(tiny):
     # Policy = reference: rewards are 0, loss is ln 2, no pair is ranked right yet.
     assert abs(loss_before - 0.6931) < 1e-3 and acc_before == 0.0
     frozen = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trainer = L.Trainer(
-        accelerator="cpu", max_epochs=settings.max_epochs, accumulate_grad_batches=settings.accumulate_grad_batches,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-    )
-    module = DPOModule(model, settings, metric_prefix="m2/dpo")
-    trainer.fit(module, datamodule=SFTDataModule(pairs, [], settings.micro_batch_size, tok.pad_token_id, collate=collate_pairs))
+    trainer = fit(model, tok, pairs, settings)
     loss_after, acc_after = batch_metrics(model, batch, settings.beta)
     assert loss_after < loss_before - 0.1
     assert acc_after == 1.0
@@ -84,3 +97,76 @@ def test_dpo_training_lowers_loss_and_raises_accuracy(tiny):
     for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margin", "rewards/accuracy"):
         assert f"m2/dpo/{key}" in trainer.callback_metrics
     assert trainer.callback_metrics["m2/dpo/rewards/margin"] > 0
+
+
+def test_token_counts_are_the_label_counts_of_each_reply(tiny):
+    model, tok = tiny
+    pairs = encoded_pairs(tok)
+    with torch.no_grad():
+        _, _, chosen_tokens, rejected_tokens = policy_logprobs_and_counts(model, collate_pairs(pairs, tok.pad_token_id))
+    assert chosen_tokens.tolist() == [sum(t != IGNORE_INDEX for t in p.chosen.labels) for p in pairs]
+    assert rejected_tokens.tolist() == [sum(t != IGNORE_INDEX for t in p.rejected.labels) for p in pairs]
+
+
+# Loss at policy = reference (h = 0): sigmoid and conservative ln 2, ipo (0 - 1/(2*0.1))^2 = 25, rpo
+# ln 2 plus the chosen replies' per-token NLL (model dependent, checked > 0).
+START = {"sigmoid": math.log(2.0), "ipo": 25.0, "conservative": math.log(2.0), "rpo": None}
+EXTRA = {"sigmoid": {}, "ipo": {}, "conservative": {"label_smoothing": 0.1}, "rpo": {"nll_alpha": 1.0}}
+
+
+@pytest.mark.parametrize("kind", PREFERENCE_LOSSES)
+def test_every_preference_loss_trains(tiny, kind):
+    model, tok = copy.deepcopy(tiny[0]), tiny[1]
+    settings = DPOSettings(
+        optimizer=functools.partial(torch.optim.AdamW, lr=2e-3), loss=kind, beta=0.1, batch_size=2, micro_batch_size=2,
+        max_epochs=2, dropout=0.0, **EXTRA[kind],
+    )
+    pairs = reference_logprobs(model, encoded_pairs(tok), tok.pad_token_id)
+    batch = collate_pairs(pairs, tok.pad_token_id)
+
+    def loss_now():
+        model.eval()
+        with torch.no_grad():
+            out = batch_preference_loss(model, batch, settings)
+        model.train()
+        return float(out.loss), out.nll
+
+    before, nll = loss_now()
+    if kind == "rpo":
+        assert float(nll) > 0 and abs(before - (math.log(2.0) + float(nll))) < 1e-4
+    else:
+        assert abs(before - START[kind]) < 1e-3
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = fit(model, tok, pairs, settings)
+    after, nll_after = loss_now()
+    assert after < before - 0.05 * before
+    if kind == "rpo":  # the NLL term pulls the chosen replies' likelihood up
+        assert float(nll_after) < float(nll)
+    assert any(not torch.equal(p, frozen[n]) for n, p in model.named_parameters())
+    assert ("m2/dpo/nll" in trainer.callback_metrics) == (kind == "rpo")
+    assert trainer.callback_metrics["m2/dpo/rewards/margin"] > 0
+
+
+@pytest.mark.parametrize("option, expected", [
+    ("default", ("sigmoid", 0.1, 0.0, 1.0)), ("ipo", ("ipo", 0.1, 0.0, 1.0)),
+    ("conservative", ("conservative", 0.1, 0.1, 1.0)), ("rpo", ("rpo", 0.1, 0.0, 1.0)),
+])
+def test_conf_dpo_options_instantiate(option, expected):
+    # (loss, beta, label_smoothing, nll_alpha); everything else comes from conf/dpo/default.yaml.
+    settings = instantiate(compose([f"dpo={option}"]).dpo)
+    assert (settings.loss, settings.beta, settings.label_smoothing, settings.nll_alpha) == expected
+    assert settings == dataclasses.replace(instantiate(compose().dpo), loss=expected[0], label_smoothing=expected[2], optimizer=settings.optimizer, scheduler=settings.scheduler)
+
+
+def test_dpo_settings_validation():
+    make = functools.partial(DPOSettings, optimizer=functools.partial(torch.optim.SGD, lr=0.1))
+    assert make(loss="conservative", label_smoothing=0.1).label_smoothing == 0.1
+    for kwargs, message in [
+        ({"loss": "hinge"}, r"dpo.loss='hinge' is not a preference loss; choose one of \['sigmoid', 'ipo', 'conservative', 'rpo'\]"),
+        ({"beta": 0.0}, r"dpo.beta=0.0 must be > 0"),
+        ({"loss": "conservative", "label_smoothing": 0.5}, r"dpo.label_smoothing=0.5 must be in \[0, 0.5\)"),
+        ({"label_smoothing": 0.1}, r"dpo.label_smoothing=0.1 is used only by dpo.loss=conservative \(cDPO\), not dpo.loss=sigmoid"),
+        ({"loss": "rpo", "nll_alpha": -1.0}, r"dpo.nll_alpha=-1.0 must be >= 0"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            make(**kwargs)

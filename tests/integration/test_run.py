@@ -203,6 +203,20 @@ def test_unparsable_judge_stops_with_a_reason(tmp_path):
         loop.run()
     assert (tmp_path / "iter1" / "judgements.jsonl").is_file()  # what was written stays
     assert not (tmp_path / "m2").exists()
+    # The summary of a failed run says where it failed and keeps the metrics of the stages before.
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"].startswith("failed at iter1/pairs: NoPairsError")
+    assert summary["iter1/judge/parse_fail_rate"] == 1.0 and summary["m1/sft/steps"] > 0
+
+
+def test_no_pairs_carry_keeps_the_model_and_counts_it(tmp_path):
+    loop_for(tmp_path, *FAST, "judge.sampling.max_new_tokens=1", "iteration.on_no_pairs=carry").run()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["iter1/pairs/kept"] == 0 and summary["m2/dpo/skipped"] == 1
+    assert (tmp_path / "iter1" / "pairs.jsonl").read_text() == ""
+    m1 = AutoModelForCausalLM.from_pretrained(tmp_path / "m1" / "model").state_dict()
+    m2 = AutoModelForCausalLM.from_pretrained(tmp_path / "m2" / "model").state_dict()
+    assert all(torch.equal(m1[k], m2[k]) for k in m1)
 
 
 def test_prompt_pool_source(tmp_path):

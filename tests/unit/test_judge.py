@@ -49,7 +49,7 @@ def test_score_first_matches_a_manual_forward(tiny):
     model, tok = tiny
     template = load_judge_template()
     texts = [template.render("What is tea?", "A drink."), template.render("hi", "Hello! How can I help?")]
-    got, reader = score_first(model, tok, texts, 0, 5, SamplingSettings(batch_size=2))
+    got, reader = score_first(model, tok, texts, template, SamplingSettings(batch_size=2))
     for text, e in zip(texts, got):
         ids = tok(render_prompt(tok, text) + "Score:", add_special_tokens=False)["input_ids"] + list(reader.lead_gap)
         with torch.no_grad():

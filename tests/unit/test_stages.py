@@ -44,3 +44,34 @@ def test_partial_file_keeps_whole_chunks_and_drops_torn_lines(tmp_path):
     path = store.finish()
     assert [r.prompt for r in PartialJsonl(path, IFTExample).read()] == []  # partial gone
     assert path.read_text().count("\n") == 6 and not store.partial.exists()
+
+
+def test_adopt_links_outputs_of_a_matching_stage_from_another_run(tmp_path):
+    from srl.stages import find_manifests
+
+    src_dir, mine_dir = tmp_path / "sweep" / "0", tmp_path / "sweep" / "1"
+    (src_dir / "data").mkdir(parents=True)
+    (src_dir / "data" / "ift.jsonl").write_text("x\n")
+    (src_dir / "iter1").mkdir()
+    (src_dir / "iter1" / "prompts.jsonl").write_text("p\n")
+    src = Manifest(src_dir)
+    src.record("data", "f1", {"data/n": 3}, [str(src_dir / "data")])
+    src.record("iter1/prompts", "f2", {"iter1/prompts/accepted": 1}, [str(src_dir / "iter1" / "prompts.jsonl")])
+    sources = find_manifests(tmp_path / "sweep", exclude=mine_dir)
+    assert [m.run_dir for m in sources] == [src_dir]
+    mine = Manifest(mine_dir)
+    assert mine.adopt("data", "f1", sources) == {"data/n": 3}
+    assert (mine_dir / "data" / "ift.jsonl").read_text() == "x\n"
+    assert (mine_dir / "data" / "ift.jsonl").stat().st_ino == (src_dir / "data" / "ift.jsonl").stat().st_ino  # a hard link
+    assert mine.adopt("iter1/prompts", "other-config", sources) is None  # a different fingerprint is not reused
+    assert not (mine_dir / "iter1").exists()
+    again = Manifest(mine_dir)  # recorded on disk with its origin, and done for a resumed run
+    assert again.done("data", "f1") and again.data["stages"]["data"]["reused_from"] == str(src_dir)
+    assert again.data["stages"]["data"]["outputs"] == [str(mine_dir / "data")]
+    assert find_manifests(tmp_path / "missing", exclude=mine_dir) == []
+
+
+def test_adopt_skips_a_source_whose_outputs_are_gone(tmp_path):
+    src = Manifest(tmp_path / "a")
+    src.record("data", "f1", {}, [str(tmp_path / "a" / "data")])  # never written
+    assert Manifest(tmp_path / "b").adopt("data", "f1", [src]) is None
