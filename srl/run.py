@@ -27,19 +27,21 @@ log = logging.getLogger("srl")
 register_resolvers()
 
 # Config sections that a stage's outputs add to what the stages before it depend on. A finished
-# stage is reused only if every section up to it is unchanged. Pairs store the reference
-# log-probs, computed at dpo.max_length; DPO (m2, m3, ...) depends on the whole dpo section.
+# stage is reused only if every section up to it is unchanged. EFT data depends on the judge's
+# template alone (judge=score_first trains the same M1 as additive5); judging on the whole judge
+# section. Pairs store the reference log-probs, computed at dpo.max_length; DPO (m2, m3, ...)
+# depends on the whole dpo section.
 STAGE_INPUTS = {
-    "data": ("seed", "data", "judge"),
+    "data": ("seed", "data", "judge.template"),
     "m1": ("model", "sft"),
     "prompts": ("prompt_gen",),
     "candidates": ("generation",),
-    "judgements": (),
+    "judgements": ("judge",),
     "pairs": ("dpo.max_length", "pairs"),
     "dpo": ("dpo",),
 }
 # An evaluation stage depends on its model's stages and on these; later stages do not depend on it.
-EVAL_INPUTS = ("eval",)
+EVAL_INPUTS = ("eval", "judge")
 
 
 def fingerprints(cfg: DictConfig) -> dict[str, str]:

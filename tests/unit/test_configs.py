@@ -61,6 +61,11 @@ def test_eval_stages_and_fingerprints():
     sft = fingerprints(compose(["sft.max_epochs=2"]))
     assert {k for k in base if base[k] != sft[k]} == set(base) - {"data", "eval/m0"}
     assert list(fingerprints(compose(["eval.in_loop=false"]))) == [k for k in base if not k.startswith("eval/")]
+    # The judge's template makes the EFT data; its mode and samples only the judging and the evaluations.
+    first = fingerprints(compose(["judge=score_first"]))
+    assert {k for k in base if base[k] != first[k]} == set(base) - {"data", "m1", "iter1/prompts", "iter1/candidates"}
+    buckets = fingerprints(compose(["judge=buckets"]))
+    assert all(base[k] != buckets[k] for k in base)
 
 
 def test_experiment_files_start_with_package_and_command():
