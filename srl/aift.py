@@ -306,7 +306,7 @@ def judge_round_robin(
         texts = [o.text for o in sample_chat(model, tokenizer, prompts, seeds, settings.sampling)] if prompts else []
         records, start = [], 0
         for group in part:
-            n = len(round_robin(len(group), k))
+            n = len(group) * (len(group) - 1) * k  # len(round_robin(len(group), k))
             records += round_robin_records(group, texts[start:start + n], template, k)
             start += n
         store.append(records)

@@ -396,9 +396,9 @@ class SelfRewardingLoop:
             [[p.prompt_id, p.prompt, p.chosen, p.rejected, p.chosen_score, p.rejected_score] for p in records],
         )
         counts["kept"] = len(records)
-        lengths = {(c.prompt_id, c.candidate): c.num_tokens for c in candidates}
-        counts["chosen_tokens_mean"] = sum(lengths[(p.prompt_id, c.candidate)] for p, (c, _, _, _) in zip(records, kept)) / len(records)
-        counts["rejected_tokens_mean"] = sum(lengths[(p.prompt_id, r.candidate)] for p, (_, r, _, _) in zip(records, kept)) / len(records)
+        # select_pairs counted these before prompts too long for dpo.max_length were dropped
+        counts["chosen_tokens_mean"] = sum(c.num_tokens for c, _, _, _ in kept) / len(kept)
+        counts["rejected_tokens_mean"] = sum(r.num_tokens for _, r, _, _ in kept) / len(kept)
         counts["mean_margin"] = sum(p.chosen_score - p.rejected_score for p in records) / len(records)
         template = self.judge.template
         counts["mean_margin_frac"] = counts["mean_margin"] / (template.max_score - template.min_score)  # comparable across formats
