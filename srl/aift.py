@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from srl import distributed
 from srl.generation import SamplingSettings, newline_token_ids, sample_chat
 from srl.judge import score_first
 from srl.metrics import score_histogram
@@ -92,7 +93,7 @@ class JudgeSettings:
 
 
 def _progress(total: int, done: int, desc: str) -> tqdm:
-    return tqdm(total=total, initial=done, desc=desc, unit="item", dynamic_ncols=True, leave=False)
+    return tqdm(total=total, initial=done, desc=desc, unit="item", dynamic_ncols=True, leave=False, disable=not distributed.is_main())
 
 
 def generate_prompts(

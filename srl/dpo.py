@@ -2,7 +2,10 @@
 
 The reference is the model the iteration started from. Its summed log-probs of each chosen and
 rejected reply are computed once, before training (``reference_logprobs``, in eval mode), and stored
-with the pairs, so training holds one model. Chosen and rejected rows go through the policy in one
+with the pairs, so training holds one model. Under LoRA (``conf/peft``) the reference is the policy
+with its adapter switched off: pairs carry no stored log-probs and each step computes them with the
+adapter off, without gradients (one extra forward a step, no second copy, and it runs wherever the
+training strategy placed the base: sharded by FSDP, quantized by bitsandbytes). Chosen and rejected rows go through the policy in one
 concatenated forward. The loss is one of ``losses.PREFERENCE_LOSSES`` (``dpo.loss``; the paper's is
 ``sigmoid``); the per-token losses (ipo, rpo) divide the summed log-probs, the stored reference ones
 included, by each reply's label-token count.
@@ -10,12 +13,14 @@ included, by each reply's label-token count.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any, Callable, Sequence
 
 import lightning as L
 import torch
 
+from srl import distributed
 from srl.chat import EncodedExample, collate_right, encode_example
 from srl.losses import PREFERENCE_LOSSES, PreferenceLoss, model_logprobs, preference_loss, row_sums
 from srl.schedules import build_optimization
@@ -70,8 +75,8 @@ class DPOSettings:
 class EncodedPair:
     chosen: EncodedExample
     rejected: EncodedExample
-    ref_chosen: float = 0.0
-    ref_rejected: float = 0.0
+    ref_chosen: float | None = 0.0  # None: computed online with the adapter off (LoRA)
+    ref_rejected: float | None = 0.0
 
 
 def encode_pair(tokenizer: Any, prompt: str, chosen: str, rejected: str, max_length: int) -> EncodedPair | None:
@@ -86,8 +91,9 @@ def encode_pair(tokenizer: Any, prompt: str, chosen: str, rejected: str, max_len
 def collate_pairs(pairs: Sequence[EncodedPair], pad_id: int) -> dict[str, torch.Tensor]:
     """Rows 0..B-1 are the chosen replies, rows B..2B-1 the rejected ones, right-padded together."""
     batch = collate_right([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id)
-    batch["ref_chosen"] = torch.tensor([p.ref_chosen for p in pairs], dtype=torch.float32)
-    batch["ref_rejected"] = torch.tensor([p.ref_rejected for p in pairs], dtype=torch.float32)
+    if all(p.ref_chosen is not None and p.ref_rejected is not None for p in pairs):
+        batch["ref_chosen"] = torch.tensor([p.ref_chosen for p in pairs], dtype=torch.float32)
+        batch["ref_rejected"] = torch.tensor([p.ref_rejected for p in pairs], dtype=torch.float32)
     return batch
 
 
@@ -110,30 +116,61 @@ def policy_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> t
     return chosen, rejected
 
 
+def adapter_off(model: torch.nn.Module) -> Any:
+    """A context in which a PEFT model is its base (the LoRA reference); a no-op for a plain model."""
+    return model.disable_adapter() if hasattr(model, "disable_adapter") and hasattr(model, "peft_config") else contextlib.nullcontext()
+
+
+@torch.no_grad()
+def online_reference(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference log-probs of a batch from a PEFT model with its adapter off, in eval mode (no dropout)."""
+    if not (hasattr(model, "disable_adapter") and hasattr(model, "peft_config")):
+        raise ValueError("pairs without reference log-probs need a LoRA policy (peft.method=lora) to take the reference from")
+    was_training = model.training
+    model.eval()
+    with model.disable_adapter():
+        chosen, rejected = policy_logprobs(model, batch)
+    model.train(was_training)
+    return chosen.detach(), rejected.detach()
+
+
 def batch_preference_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], settings: DPOSettings) -> PreferenceLoss:
-    """``settings.loss`` of the policy ``model`` on a collated batch against its stored reference log-probs."""
+    """``settings.loss`` of the policy ``model`` on a collated batch, against its stored reference
+    log-probs, or, without them, against ``online_reference`` (LoRA)."""
+    if "ref_chosen" in batch:
+        ref_chosen, ref_rejected = batch["ref_chosen"], batch["ref_rejected"]
+    else:
+        ref_chosen, ref_rejected = online_reference(model, batch)
     chosen, rejected, chosen_tokens, rejected_tokens = policy_logprobs_and_counts(model, batch)
     s = settings
     return preference_loss(
-        chosen, rejected, batch["ref_chosen"], batch["ref_rejected"], s.loss, s.beta,
+        chosen, rejected, ref_chosen, ref_rejected, s.loss, s.beta,
         label_smoothing=s.label_smoothing, nll_alpha=s.nll_alpha, chosen_tokens=chosen_tokens, rejected_tokens=rejected_tokens,
     )
 
 
 @torch.no_grad()
 def reference_logprobs(model: torch.nn.Module, pairs: Sequence[EncodedPair], pad_id: int, batch_size: int = 8) -> list[EncodedPair]:
-    """The pairs with ``ref_chosen``/``ref_rejected`` filled by ``model`` in eval mode (no dropout)."""
+    """The pairs with ``ref_chosen``/``ref_rejected`` filled by ``model`` in eval mode (no dropout),
+    with its adapter off if it has one. In a multi-process run each rank computes whole batches of
+    its share (the batches one process would form, so the values are the same) and all get all."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    out = []
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start:start + batch_size]
-        batch = {k: v.to(device) for k, v in collate_pairs(chunk, pad_id).items()}
-        chosen, rejected = policy_logprobs(model, batch)
-        out += [dataclasses.replace(p, ref_chosen=float(c), ref_rejected=float(r)) for p, c, r in zip(chunk, chosen, rejected)]
+
+    def run(indices: list[int]) -> list[tuple[float, float]]:
+        values = []
+        for start in range(0, len(indices), batch_size):
+            chunk = [pairs[i] for i in indices[start:start + batch_size]]
+            batch = {k: v.to(device) for k, v in collate_pairs(chunk, pad_id).items()}
+            chosen, rejected = policy_logprobs(model, batch)
+            values += [(float(c), float(r)) for c, r in zip(chosen, rejected)]
+        return values
+
+    with adapter_off(model):
+        values = distributed.sharded(run, len(pairs), keys=[i // batch_size for i in range(len(pairs))])
     model.train(was_training)
-    return out
+    return [dataclasses.replace(p, ref_chosen=c, ref_rejected=r) for p, (c, r) in zip(pairs, values)]
 
 
 class DPOModule(L.LightningModule):

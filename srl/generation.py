@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import torch
 
+from srl import distributed
 from srl.chat import render_prompt
 
 
@@ -113,7 +114,8 @@ def generate_ids(
         return Engine(model, settings, pad_id, stop_ids).run(prompts, seeds)
 
 
-def stop_token_ids(tokenizer: Any, model: torch.nn.Module) -> list[int]:
+def stop_token_ids(tokenizer: Any, model: torch.nn.Module | None) -> list[int]:
+    """EOS of the tokenizer and of the model's generation config (a list for some chat models)."""
     ids = {tokenizer.eos_token_id}
     eos = getattr(model.generation_config, "eos_token_id", None) if getattr(model, "generation_config", None) else None
     ids.update(eos if isinstance(eos, list) else [eos])
@@ -137,12 +139,27 @@ def sample_chat(
     """
     if len(prompts) != len(seeds):
         raise ValueError("one seed per prompt is needed")
-    was_training = model.training
-    model.eval()
+    if distributed.active() and not getattr(model, "spans_ranks", False):  # each rank its share, all results on every rank
+        return distributed.sharded(
+            lambda idx: _sample_local(model, tokenizer, [prompts[i] for i in idx], [seeds[i] for i in idx], settings, extra_stop_ids),
+            len(prompts), keys=prompts,
+        )
+    return _sample_local(model, tokenizer, prompts, seeds, settings, extra_stop_ids)
+
+
+def _sample_local(
+    model: Any, tokenizer: Any, prompts: Sequence[str], seeds: Sequence[int], settings: SamplingSettings, extra_stop_ids: Sequence[int],
+) -> list[Generated]:
     encoded = [tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in prompts]
+    backend = hasattr(model, "generate_ids")  # a generation backend (srl/vllm_backend.py), not a torch module
     stops = sorted(set(stop_token_ids(tokenizer, model)) | set(extra_stop_ids))
-    results = generate_ids(model, encoded, seeds, settings, tokenizer.pad_token_id, stops)
-    model.train(was_training)
+    if backend:
+        results = model.generate_ids(encoded, seeds, settings, tokenizer.pad_token_id, stops)
+    else:
+        was_training = model.training
+        model.eval()
+        results = generate_ids(model, encoded, seeds, settings, tokenizer.pad_token_id, stops)
+        model.train(was_training)
     return [Generated(tokenizer.decode(ids, skip_special_tokens=True).strip(), len(ids), finished) for ids, finished in results]
 
 

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from srl import distributed
 from srl.generation import SamplingSettings, sample_chat
 from srl.oasst import derive_seed
 from srl.records import Candidate, PartialJsonl, PromptRecord
@@ -152,7 +153,7 @@ def generate_replies(
     """One sampled reply per prompt, written as ``Candidate`` records (candidate 0), resumable by chunk."""
     chunk = sampling.batch_size
     done = store.read(chunk)
-    bar = tqdm(total=len(prompts), initial=len(done), desc="eval replies", unit="prompt", dynamic_ncols=True, leave=False)
+    bar = tqdm(total=len(prompts), initial=len(done), desc="eval replies", unit="prompt", dynamic_ncols=True, leave=False, disable=not distributed.is_main())
     for start in range(len(done), len(prompts), chunk):
         part = prompts[start:start + chunk]
         seeds = [derive_seed(seed, "eval", "reply", p.prompt_id) for p in part]
@@ -170,7 +171,7 @@ def compare(
     items = [(p, order) for p in model_replies if p in baseline_replies for order in ORDERS]
     chunk = settings.judge_sampling.batch_size
     done = store.read(chunk)
-    bar = tqdm(total=len(items), initial=len(done), desc="eval head-to-head", unit="verdict", dynamic_ncols=True, leave=False)
+    bar = tqdm(total=len(items), initial=len(done), desc="eval head-to-head", unit="verdict", dynamic_ncols=True, leave=False, disable=not distributed.is_main())
     for start in range(len(done), len(items), chunk):
         part = items[start:start + chunk]
         texts = []

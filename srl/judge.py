@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import torch
 
+from srl import distributed
 from srl.chat import render_prompt
 from srl.engine import Engine
 from srl.generation import SamplingSettings, stop_token_ids
@@ -94,11 +95,15 @@ def score_first(
     """
     if not judge_texts:
         return [], ScoreReader(template.lead, (), (), ())
+    if hasattr(model, "generate_ids"):
+        raise ValueError("judge.mode=score_first reads the judge's next-token distribution: it needs backend=hf, not a generation-only backend")
     was_training = model.training
     model.eval()
     rendered = [render_prompt(tokenizer, t) for t in judge_texts]
     reader = score_reader(tokenizer, rendered[0], template.min_score, template.max_score, template.lead, template.value_prefix)
     ids = [tokenizer(r + reader.lead_text, add_special_tokens=False)["input_ids"] + list(reader.lead_gap) for r in rendered]
-    logits = Engine(model, settings, tokenizer.pad_token_id, stop_token_ids(tokenizer, model)).next_token_logits(ids)
+    engine = Engine(model, settings, tokenizer.pad_token_id, stop_token_ids(tokenizer, model))
+    # Split across ranks in a multi-process run (srl/distributed.py); every rank gets every score.
+    scores = distributed.sharded(lambda idx: expected_scores(engine.next_token_logits([ids[i] for i in idx]), reader), len(ids))
     model.train(was_training)
-    return expected_scores(logits, reader), reader
+    return scores, reader

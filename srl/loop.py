@@ -20,19 +20,21 @@ from typing import Any, Callable
 
 import lightning as L
 
-from srl import aift, evalsets, oasst
+from srl import aift, distributed, evalsets, oasst
+from srl.adapters import AdapterChainSpec, PeftSettings, TrainingModelSpec, save_trained, trainable_parameters
 from srl.evaluate import EvalSettings, evaluate_model, reference_baseline
 from srl.report import write_table
 from srl.chat import encode_sft
 from srl.dpo import DPOModule, DPOSettings, collate_pairs, encode_pair, reference_logprobs
 from srl.generation import SamplingSettings, sample_texts
-from srl.models import HFModelSpec, ModelSlot, save_model
+from srl.models import HFModelSpec, ModelSlot, load_tokenizer
 from srl.pairs import PairSettings, select_pairs
 from srl.records import (
     Candidate, EFTExample, IFTExample, Judgement, Pair, PartialJsonl, PromptAttempt, PromptRecord, RankedPrompt, read_jsonl, write_jsonl,
 )
 from srl.sft import SFTDataModule, SFTModule, SFTSettings, cap, restore_dropout, set_dropout
 from srl.stages import Manifest, find_manifests, link_or_copy
+from srl.strategies import full_state_dict
 from srl.tracking import SAMPLE_ROWS, Tracker
 
 log = logging.getLogger(__name__)
@@ -108,6 +110,8 @@ class SelfRewardingLoop:
         evaluation: EvalSettings | None = None,
         pairs: PairSettings | None = None,
         hook: aift.ChunkHook | None = None,
+        peft: PeftSettings | None = None,
+        backend: Any | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.model_spec, self.data, self.judge, self.sft = model, data, judge, sft
@@ -120,7 +124,8 @@ class SelfRewardingLoop:
         if loop.stop_after is not None and loop.stop_after not in self.stages:
             raise ValueError(f"iteration.stop_after={loop.stop_after!r} is not a stage of this run (eval.in_loop is off); stages: {self.stages}")
         self.manifest = Manifest(self.run_dir)
-        self.slot = ModelSlot()
+        self.peft = peft if peft is not None else PeftSettings()
+        self.slot = ModelSlot(backend, distributed.local_device())
 
     def run(self) -> dict[str, Any]:
         """Run every stage not finished yet; ``summary.json`` is written at the end, and also when a
@@ -145,6 +150,7 @@ class SelfRewardingLoop:
             fingerprint = self.fingerprints[stage]
             if sources and stage not in self.manifest.data["stages"]:
                 adopted = self.manifest.adopt(stage, fingerprint, sources)
+                distributed.barrier()  # rank 0 linked the earlier run's outputs
                 if adopted is not None:
                     self.tracker.log(adopted)
                     if stage == self.settings.stop_after:
@@ -154,7 +160,7 @@ class SelfRewardingLoop:
                 # Evaluations derive from finished models: a changed eval config reruns them, nothing else.
                 log.info("stage %s: evaluation config changed, running it again", stage)
                 for output in self.manifest.forget(stage):
-                    shutil.rmtree(output, ignore_errors=True)
+                    distributed.on_main(lambda: shutil.rmtree(output, ignore_errors=True))
             if self.manifest.done(stage, fingerprint):
                 log.info("stage %s: already finished, skipped", stage)
                 self.tracker.summary.update(self.manifest.metrics(stage))
@@ -167,6 +173,7 @@ class SelfRewardingLoop:
                 metrics[f"time/{stage}_s"] = round(time.perf_counter() - started, 2)
                 self.tracker.log(metrics)
                 self.manifest.record(stage, fingerprint, metrics, outputs)
+                distributed.barrier()  # the stage's files are complete before any rank reads them
             if stage == self.settings.stop_after:
                 break
 
@@ -184,23 +191,48 @@ class SelfRewardingLoop:
 
     # -- models -------------------------------------------------------------------------------
     def model_folder(self, t: int) -> Path:
-        return self.run_dir / f"m{t}" / "model"
+        """Where M_t is saved: ``m{t}/model`` (a plain HF folder), or ``m{t}/adapter`` (peft.save=adapter)."""
+        return self.run_dir / f"m{t}" / ("adapter" if self.peft.save == "adapter" else "model")
+
+    def spec_m(self, t: int) -> Any:
+        """How to load M_t: the starting model for t = 0, else its folder (or M0 plus the adapters of M1..M_t)."""
+        if t == 0:
+            return self.model_spec
+        if self.peft.save == "adapter":
+            folders = [self.model_folder(u) for u in range(1, t + 1)]
+            return AdapterChainSpec(self.model_spec, [str(f) for f in folders if (f / "adapter_config.json").is_file()])
+        return HFModelSpec(str(self.model_folder(t)), dtype=getattr(self.model_spec, "dtype", "float32"))
 
     def load(self, key: str, spec: Any) -> tuple[Any, Any]:
-        """Load a model once and keep it while consecutive stages use it (one model in memory)."""
+        """Load a model for generation once and keep it while consecutive stages use it (one model in memory)."""
         return self.slot.get(key, spec)
 
     def load_m(self, t: int) -> tuple[Any, Any]:
-        return self.load(f"m{t}", HFModelSpec(str(self.model_folder(t)), dtype=getattr(self.model_spec, "dtype", "float32")))
+        return self.load(f"m{t}", self.spec_m(t))
 
-    def save(self, model: Any, tokenizer: Any, t: int) -> Path:
+    def load_train(self, t: int) -> tuple[Any, Any]:
+        """M_t as a training stage takes it: under ``conf/peft`` quantized and wrapped in a fresh adapter."""
+        if not self.peft.enabled:
+            return self.slot.get(f"m{t}", self.spec_m(t), train=True)
+        return self.slot.get(f"train:m{t}", TrainingModelSpec(self.spec_m(t), self.peft), train=True)
+
+    def save(self, model: Any, tokenizer: Any, t: int, trainer: L.Trainer) -> Path:
+        """Save the model a training stage produced as M_t (rank 0; adapters merged unless peft.save=adapter).
+
+        Under a sharded strategy (FSDP, DeepSpeed ZeRO-3) the weights are gathered first (a collective
+        call) and rank 0 loads them into a fresh copy of the model it trained, which it saves."""
         folder = self.model_folder(t)
-        tmp = folder.with_name("model.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.eval()
-        save_model(model, tokenizer, tmp)
-        _replace_dir(tmp, folder)
-        self.slot.clear()  # the trained model in memory is no longer M_t of any folder but this one
+        state = full_state_dict(trainer)
+        self.slot.clear()  # the trained model in memory is no longer M_{t-1}; a quantized merge reloads the base
+
+        def write() -> None:
+            trained = model
+            if state is not None:
+                trained, _ = (TrainingModelSpec(self.spec_m(t - 1), self.peft) if self.peft.enabled else self.spec_m(t - 1)).load()
+                trained.load_state_dict(state)
+            save_trained(trained, tokenizer, self.spec_m(t - 1), self.peft, folder)
+
+        distributed.on_main(write)
         return folder
 
     # -- data and SFT ---------------------------------------------------------------------------
@@ -215,9 +247,13 @@ class SelfRewardingLoop:
 
         result = oasst.build(messages, self.data.build, self.judge.template, judge_fn)
         out, tmp = self.run_dir / "data", self.run_dir / "data.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        result.write(tmp)
-        _replace_dir(tmp, out)
+
+        def write() -> None:
+            shutil.rmtree(tmp, ignore_errors=True)
+            result.write(tmp)
+            _replace_dir(tmp, out)
+
+        distributed.on_main(write)
         log.info("data from %s: %s", self.data.source.describe(), result.counts)
         return {f"data/{k}": v for k, v in result.counts.items()}, [str(out)]
 
@@ -226,17 +262,36 @@ class SelfRewardingLoop:
         ift = cap(read_jsonl(data_dir / "ift_train.jsonl", IFTExample), s.max_ift_examples, s.seed)
         eft = cap(read_jsonl(data_dir / "eft_train.jsonl", EFTExample), s.max_eft_examples, s.seed) if s.use_eft else []
         val_ift = cap(read_jsonl(data_dir / "ift_heldout.jsonl", IFTExample), s.max_val_examples, s.seed)
-        model, tokenizer = self.load("m0", self.model_spec)
+        model, tokenizer = self.load_train(0)
         train, counts = encode_sft(tokenizer, ift, eft, s.max_length)
         val, _ = encode_sft(tokenizer, val_ift, [], s.max_length)
         metrics: dict[str, Any] = {f"m1/sft/data/{k}": v for k, v in counts.items()}
+        metrics.update(self._trainable("m1/sft", model))
         prefix = "m1/sft"
         module = SFTModule(model, s, metric_prefix=prefix)
         datamodule = SFTDataModule(train, val, s.micro_batch_size, tokenizer.pad_token_id, s.seed, group_by_length=s.group_by_length)
         trainer, seconds = self._fit(module, datamodule, s, "m1", metrics, prefix, validate_first=bool(val))
         metrics[f"{prefix}/train_tokens_per_s"] = round(module.tokens_seen / max(seconds, 1e-9), 1)
         metrics[f"{prefix}/steps"] = trainer.global_step
-        return metrics, [str(self.save(model, tokenizer, 1))]
+        return metrics, [str(self.save(model, tokenizer, 1, trainer))]
+
+    @staticmethod
+    def _accumulation(s: Any, name: str) -> int:
+        """Micro-batches per optimizer step on each process: ``batch_size`` is the global batch, so
+        ``micro_batch_size`` x processes x accumulation = ``batch_size`` however many processes train."""
+        world = distributed.world_size()
+        if s.accumulate_grad_batches % world:
+            section = "sft" if name == "m1" else "dpo"
+            raise ValueError(
+                f"{section}.batch_size={s.batch_size} is not a multiple of {section}.micro_batch_size x processes "
+                f"({s.micro_batch_size} x {world}): the global batch cannot be split evenly over the processes"
+            )
+        return s.accumulate_grad_batches // world
+
+    @staticmethod
+    def _trainable(prefix: str, model: Any) -> dict[str, Any]:
+        trainable, total = trainable_parameters(model)
+        return {f"{prefix}/trainable_params": trainable, f"{prefix}/params": total}
 
     def _fit(
         self, module: L.LightningModule, datamodule: L.LightningDataModule, s: Any, name: str, metrics: dict[str, Any], prefix: str,
@@ -247,11 +302,12 @@ class SelfRewardingLoop:
         previous = set_dropout(module.model, s.dropout) if s.dropout is not None else {}
         trainer = self.trainer_factory(
             max_epochs=s.max_epochs,
-            accumulate_grad_batches=s.accumulate_grad_batches,
+            accumulate_grad_batches=self._accumulation(s, name),
             logger=self.tracker.logger if self.tracker.logger is not None else False,
             default_root_dir=str(self.run_dir / name),
             enable_checkpointing=False,
             limit_val_batches=None if validate_first else 0,
+            use_distributed_sampler=False,  # SFTDataModule shards by rank itself (length-grouped batches included)
         )
         if validate_first:
             metrics[f"{prefix}/val_loss_before"] = float(trainer.validate(module, datamodule=datamodule, verbose=False)[0][f"{prefix}/val_loss"])
@@ -276,10 +332,7 @@ class SelfRewardingLoop:
         elif t >= 1:
             against = 0 if h2h.against == "start" else t - 1
             baseline = reference_baseline(self.run_dir / "eval" / f"m{against}" / "replies.jsonl", f"M{against}")
-        if t == 0:
-            key, spec = "m0", self.model_spec
-        else:
-            key, spec = f"m{t}", HFModelSpec(str(self.model_folder(t)), dtype=getattr(self.model_spec, "dtype", "float32"))
+        key, spec = f"m{t}", self.spec_m(t)
         result = evaluate_model(f"M{t}", key, spec, self.slot, out, settings, self.judge, groups, prompts, baseline, self.settings.seed)
         return {f"eval/m{t}/{k}": v for k, v in result.items()}, [str(out)]
 
@@ -364,7 +417,11 @@ class SelfRewardingLoop:
         judgements = read_jsonl(d / "judgements.jsonl", Judgement)
         selected, counts = select_pairs(candidates, judgements, self.pairs, t)
         dpo: DPOSettings = self._require("dpo")
-        model, tokenizer = self.load_m(t)
+        if self.peft.enabled:  # the reference is M_t with the adapter off, computed during DPO: no model here
+            model, tokenizer = None, load_tokenizer(self.spec_m(t))
+        else:
+            model, tokenizer = self.slot.get(f"m{t}", self.spec_m(t), train=True)
+            model.to(distributed.local_device())
         encoded, kept = [], []
         for chosen, rejected, cs, rs in selected:
             pair = encode_pair(tokenizer, chosen.prompt, chosen.response, rejected.response, dpo.max_length)
@@ -384,7 +441,10 @@ class SelfRewardingLoop:
             write_jsonl(d / "pairs.jsonl", [])
             counts["kept"] = 0
             return aift.prefixed(f"iter{t}/pairs", counts), [str(d / "pairs.jsonl")]
-        with_ref = reference_logprobs(model, encoded, tokenizer.pad_token_id, dpo.ref_batch_size)
+        if model is not None:
+            with_ref = reference_logprobs(model, encoded, tokenizer.pad_token_id, dpo.ref_batch_size)
+        else:
+            with_ref = [dataclasses.replace(p, ref_chosen=None, ref_rejected=None) for p in encoded]
         records = [
             Pair(c.prompt_id, c.prompt, c.response, r.response, cs, rs, p.ref_chosen, p.ref_rejected)
             for (c, r, cs, rs), p in zip(kept, with_ref)
@@ -410,10 +470,13 @@ class SelfRewardingLoop:
         pairs = read_jsonl(self.iter_dir(t) / "pairs.jsonl", Pair)
         if not pairs:  # iteration.on_no_pairs=carry let an iteration without pairs through: M_{t+1} = M_t
             folder = self.model_folder(t_next)
-            link_or_copy(self.model_folder(t), folder)
+            if self.peft.save == "adapter":  # no adapter: M_{t+1} is the chain of M_t (spec_m skips an empty folder)
+                distributed.on_main(lambda: folder.mkdir(parents=True, exist_ok=True))
+            else:
+                distributed.on_main(lambda: link_or_copy(self.model_folder(t), folder))
             log.warning("M%d is a copy of M%d: iteration %d has no preference pair", t_next, t, t)
             return {f"m{t_next}/dpo/pairs": 0, f"m{t_next}/dpo/skipped": 1}, [str(folder)]
-        model, tokenizer = self.load_m(t)
+        model, tokenizer = self.load_train(t)
         encoded = []
         for p in pairs:
             pair = encode_pair(tokenizer, p.prompt, p.chosen, p.rejected, dpo.max_length)
@@ -421,10 +484,10 @@ class SelfRewardingLoop:
                 raise ValueError(f"pair {p.prompt_id} no longer fits dpo.max_length={dpo.max_length}; rerun the pairs stage")
             encoded.append(dataclasses.replace(pair, ref_chosen=p.ref_chosen_logp, ref_rejected=p.ref_rejected_logp))
         prefix = f"m{t_next}/dpo"
-        metrics: dict[str, Any] = {f"{prefix}/pairs": len(encoded)}
+        metrics: dict[str, Any] = {f"{prefix}/pairs": len(encoded), **self._trainable(prefix, model)}
         module = DPOModule(model, dpo, metric_prefix=prefix)
         datamodule = SFTDataModule(encoded, [], dpo.micro_batch_size, tokenizer.pad_token_id, dpo.seed, collate=collate_pairs,
                                    group_by_length=dpo.group_by_length)
         trainer, _ = self._fit(module, datamodule, dpo, f"m{t_next}", metrics, prefix)
         metrics[f"{prefix}/steps"] = trainer.global_step
-        return metrics, [str(self.save(model, tokenizer, t_next))]
+        return metrics, [str(self.save(model, tokenizer, t_next, trainer))]

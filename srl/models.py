@@ -95,6 +95,15 @@ class HFModelSpec:
         return self.name_or_path
 
     def load(self) -> tuple[torch.nn.Module, Any]:
+        return self._load({})
+
+    def load_quantized(self, quantization_config: Any) -> tuple[torch.nn.Module, Any]:
+        """Loaded through bitsandbytes (``adapters.quantization_config``), on this process's device."""
+        from srl.distributed import local_device
+
+        return self._load({"quantization_config": quantization_config, "device_map": {"": str(local_device())}})
+
+    def _load(self, extra: dict[str, Any]) -> tuple[torch.nn.Module, Any]:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         path = Path(self.name_or_path).expanduser()
@@ -103,7 +112,7 @@ class HFModelSpec:
         tokenizer = finish_tokenizer(AutoTokenizer.from_pretrained(source, **kwargs), self.chat_template)
         if self.attn_implementation:
             kwargs["attn_implementation"] = self.attn_implementation
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=resolve_dtype(self.dtype), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=resolve_dtype(self.dtype), **kwargs, **extra)
         return _ready(model, tokenizer)
 
 
@@ -123,10 +132,19 @@ class EmbeddedSmolLM2Spec:
         return Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir() / "smollm2-135m-instruct"
 
     def load(self) -> tuple[torch.nn.Module, Any]:
+        return self.spec().load()
+
+    def load_quantized(self, quantization_config: Any) -> tuple[torch.nn.Module, Any]:
+        return self.spec().load_quantized(quantization_config)
+
+    def spec(self) -> HFModelSpec:
+        """The converted folder as a plain model spec (converting the GGUF first if needed)."""
+        from srl import distributed
+
         folder = self.folder()
         if not (folder / "config.json").is_file():
-            convert_smollm2_gguf(folder)
-        return HFModelSpec(str(folder), dtype=self.dtype).load()
+            distributed.on_main(lambda: convert_smollm2_gguf(folder))  # once, however many processes
+        return HFModelSpec(str(folder), dtype=self.dtype)
 
 
 EMBEDDED_NAMES = ("embedded", "smollm2_embedded")
@@ -139,21 +157,60 @@ def spec_from_name(name: str, dtype: str = "float32") -> HFModelSpec | EmbeddedS
 
 
 class ModelSlot:
-    """Holds at most one loaded model: asking for another key frees the one held first."""
+    """Holds at most one loaded model: asking for another key frees the one held first.
 
-    def __init__(self) -> None:
+    ``backend`` (``conf/backend``: None for srl's own engine, or ``VLLMSettings``) and ``device``
+    apply to models loaded for generation through ``get``; a training stage takes its model with
+    ``train=True``, which leaves placement to the Lightning strategy (FSDP and DeepSpeed shard from
+    host memory).
+    """
+
+    def __init__(self, backend: Any | None = None, device: Any | None = None) -> None:
         self.key: str | None = None
-        self._value: tuple[torch.nn.Module, Any] | None = None
+        self._value: tuple[Any, Any] | None = None
+        self.backend, self.device = backend, device
 
-    def get(self, key: str, spec: Any) -> tuple[torch.nn.Module, Any]:
+    def get(self, key: str, spec: Any, train: bool = False) -> tuple[Any, Any]:
+        if self.backend is not None and not train:
+            from srl.vllm_backend import VLLMGenerator
+
+            key = "vllm:" + key
+            if self.key != key or self._value is None:
+                self.clear()  # free the GPU for the engine
+                path = spec.spec().name_or_path if hasattr(spec, "spec") else getattr(spec, "name_or_path", None)
+                if path is None:
+                    raise ValueError(f"backend=vllm loads a model folder or Hub id; {type(spec).__name__} has none (use backend=hf)")
+                self._value = (VLLMGenerator(path, self.backend), load_tokenizer(spec))
+                self.key = key
+            return self._value
         if self.key != key or self._value is None:
             self.clear()
             self._value = spec.load()
             self.key = key
+        model = self._value[0]
+        if self.device is not None and not train and getattr(model, "hf_device_map", None) is None:
+            model.to(self.device)  # quantized models were placed when loaded (device_map)
         return self._value
 
     def clear(self) -> None:
+        if self._value is not None and hasattr(self._value[0], "close"):
+            self._value[0].close()
         self.key, self._value = None, None
+
+
+def load_tokenizer(spec: Any) -> Any:
+    """The tokenizer a spec's ``load()`` would return, without loading weights."""
+    if isinstance(spec, HFModelSpec):
+        from transformers import AutoTokenizer
+
+        path = Path(spec.name_or_path).expanduser()
+        source = str(path) if path.exists() else spec.name_or_path
+        return finish_tokenizer(AutoTokenizer.from_pretrained(source, trust_remote_code=spec.trust_remote_code, revision=spec.revision), spec.chat_template)
+    if hasattr(spec, "spec"):
+        return load_tokenizer(spec.spec())
+    if hasattr(spec, "base"):
+        return load_tokenizer(spec.base)
+    return spec.load()[1]
 
 
 def smollm2_gguf_path() -> Path:

@@ -16,6 +16,8 @@ import typing
 from pathlib import Path
 from typing import Any, Iterable, Iterator, TypeVar
 
+from srl import distributed
+
 
 class RecordError(ValueError):
     """A record file is malformed; the message names the file, the line and the field."""
@@ -138,7 +140,10 @@ def to_json_line(record: Any) -> str:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
+    """Write ``text`` to ``path`` through a temporary file and an atomic rename (rank 0 only:
+    in a multi-process run every rank holds the same records, ``srl/distributed.py``)."""
+    if not distributed.is_main():
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -203,7 +208,11 @@ class Judgement:
 
 @dataclasses.dataclass(frozen=True)
 class Pair:
-    """A preference pair with the reference model's summed log-probs of each reply (for DPO)."""
+    """A preference pair with the reference model's summed log-probs of each reply (for DPO).
+
+    The log-probs are None under LoRA (``conf/peft``): DPO then computes them on the fly with the
+    adapter switched off, inside the training strategy (the base may be sharded or quantized).
+    """
 
     prompt_id: str
     prompt: str
@@ -211,8 +220,8 @@ class Pair:
     rejected: str
     chosen_score: float
     rejected_score: float
-    ref_chosen_logp: float
-    ref_rejected_logp: float
+    ref_chosen_logp: float | None
+    ref_rejected_logp: float | None
 
 
 class PartialJsonl:
@@ -236,6 +245,7 @@ class PartialJsonl:
         keep = len(lines) - len(lines) % chunk
         if keep != len(lines) or not raw.endswith("\n") and raw:
             atomic_write_text(self.partial, "".join(line + "\n" for line in lines[:keep]))
+        distributed.barrier()  # every rank reads the file as rank 0 left it
         return read_jsonl(self.partial, self.cls)
 
     def keep(self, count: int) -> None:
@@ -245,6 +255,8 @@ class PartialJsonl:
             atomic_write_text(self.partial, "".join(line + "\n" for line in lines[:count]))
 
     def append(self, records: Iterable[Any]) -> None:
+        if not distributed.is_main():
+            return
         self.partial.parent.mkdir(parents=True, exist_ok=True)
         with self.partial.open("a", encoding="utf-8") as fh:
             fh.write("".join(to_json_line(r) + "\n" for r in records))
@@ -252,7 +264,9 @@ class PartialJsonl:
             os.fsync(fh.fileno())
 
     def finish(self) -> Path:
-        if not self.partial.exists():
-            atomic_write_text(self.partial, "")
-        os.replace(self.partial, self.path)
+        if distributed.is_main():
+            if not self.partial.exists():
+                atomic_write_text(self.partial, "")
+            os.replace(self.partial, self.path)
+        distributed.barrier()  # the final file exists on every rank's return
         return self.path

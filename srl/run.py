@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from srl import distributed
 from srl.config import CONF_DIR, register_resolvers
 from srl.loop import DataSettings, SelfRewardingLoop, stage_names
 from srl.models import config_fingerprint
@@ -33,7 +36,7 @@ register_resolvers()
 # depends on the whole dpo section.
 STAGE_INPUTS = {
     "data": ("seed", "data", "judge.template"),
-    "m1": ("model", "sft"),
+    "m1": ("model", "peft", "sft"),
     "prompts": ("prompt_gen",),
     "candidates": ("generation",),
     "judgements": ("judge",),
@@ -122,6 +125,8 @@ def build_loop(cfg: DictConfig, run_dir: Path) -> SelfRewardingLoop:
         fingerprints=fingerprints(cfg),
         evaluation=instantiate(cfg.eval),
         pairs=instantiate(cfg.pairs),
+        peft=instantiate(cfg.peft),
+        backend=instantiate(cfg.backend) if cfg.get("backend") else None,
         tracker=Tracker(run_dir, build_logger(cfg)),
     )
 
@@ -135,15 +140,45 @@ def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
     print("srl run finished: " + str(run_dir) + "\n" + "\n".join(lines) + shown_table + f"\n  summary: {run_dir / 'summary.json'}")
 
 
+def processes_wanted(cfg: DictConfig) -> int:
+    """Processes a training strategy needs on this node (``trainer.devices``; 1 for ``auto``)."""
+    devices = OmegaConf.select(cfg, "trainer.devices")
+    return devices if isinstance(devices, int) and devices > 1 else 1
+
+
+def relaunch(cfg: DictConfig, nproc: int) -> int:
+    """Run this job again under torchrun with ``nproc`` processes, in the same run dir; its exit code.
+
+    ``python -m srl.run trainer=ddp trainer.devices=8`` is the same as ``torchrun --nproc_per_node 8
+    -m srl.run trainer=ddp trainer.devices=8 hydra.run.dir=<dir>``: every rank runs the loop
+    (``srl/distributed.py``), started together, rather than Lightning spawning workers at the first fit.
+    """
+    hc = HydraConfig.get()
+    overrides = [o for o in hc.overrides.task if not o.startswith("hydra.run.dir=")]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "srl.run",
+           *overrides, f"hydra.run.dir={hc.runtime.output_dir}"]
+    log.info("launching %d processes: %s", nproc, " ".join(cmd))
+    return subprocess.call(cmd)
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def main(cfg: DictConfig) -> dict[str, Any]:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+def main(cfg: DictConfig) -> dict[str, Any] | None:
+    if distributed.launched_world_size() == 1 and processes_wanted(cfg) > 1:
+        code = relaunch(cfg, processes_wanted(cfg))
+        if code:
+            raise SystemExit(code)
+        return None
+    if distributed.init_from_env() and not distributed.is_main():
+        logging.getLogger().setLevel(logging.WARNING)  # rank 0 tells the story; others report problems only
+    # Every rank works in rank 0's run dir (a rank's ${now:...} may differ by a second).
+    run_dir = Path(distributed.broadcast(HydraConfig.get().runtime.output_dir))
     loop = build_loop(cfg, run_dir)
     try:
         summary = loop.run()
     finally:
         close_logger(loop.tracker.logger)
-    print_summary(summary, run_dir)
+    if distributed.is_main():
+        print_summary(summary, run_dir)
     return summary
 
 

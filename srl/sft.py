@@ -15,7 +15,9 @@ from typing import Any, Callable, Sequence
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
+
+from srl import distributed
 
 from srl.chat import EncodedExample, collate_right
 from srl.losses import model_logprobs
@@ -66,7 +68,9 @@ def set_dropout(model: torch.nn.Module, p: float) -> dict[str, float]:
         if isinstance(getattr(model.config, key, None), (int, float)):
             previous[key] = getattr(model.config, key)
             setattr(model.config, key, p)
-    for module in model.modules():
+    for name, module in model.named_modules():
+        if "lora_dropout" in name:
+            continue  # the adapter's own dropout is peft.dropout
         if isinstance(module, torch.nn.Dropout):
             module.p = p
         elif hasattr(module, "attention_dropout") and isinstance(module.attention_dropout, float):
@@ -165,7 +169,7 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
         self.lengths, self.batch_size, self.seed, self.window, self.epoch = list(lengths), batch_size, seed, window, 0
 
     def __len__(self) -> int:
-        return -(-len(self.lengths) // self.batch_size)
+        return -(-len(self.lengths) // self.batch_size) // distributed.world_size()
 
     def __iter__(self) -> Any:
         rng = random.Random(self.seed * 1_000_003 + self.epoch)
@@ -178,7 +182,10 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
             chunk = sorted(order[start:start + span], key=lambda i: -self.lengths[i])
             batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
         rng.shuffle(batches)
-        return iter(batches)
+        # In a multi-process run each rank takes every world-th batch; all ranks take the same number
+        # (DDP steps together), so up to world - 1 trailing batches of an epoch are left out.
+        world, rank = distributed.world_size(), distributed.rank()
+        return iter(batches[rank:len(batches) - len(batches) % world:world])
 
 
 def item_length(item: Any) -> int:
@@ -211,6 +218,9 @@ class SFTDataModule(L.LightningDataModule):
         if shuffle and self.group_by_length:
             batches = LengthGroupedBatches([item_length(x) for x in data], self.micro_batch_size, self.seed)
             return DataLoader(data, batch_sampler=batches, collate_fn=collate)
+        if distributed.active():  # this rank's share (the loop's Trainer does not inject a sampler)
+            sampler = DistributedSampler(data, shuffle=shuffle, seed=self.seed, drop_last=shuffle)
+            return DataLoader(data, batch_size=self.micro_batch_size, sampler=sampler, collate_fn=collate)
         generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(data, batch_size=self.micro_batch_size, shuffle=shuffle, generator=generator, collate_fn=collate)
 

@@ -290,3 +290,35 @@ def test_score_first_judge_mode_scores_every_reply_and_makes_pairs(tmp_path):
     # Expected scores are continuous: with no ties, every prompt with 2+ replies gives a pair.
     pairs = (tmp_path / "iter1" / "pairs.jsonl").read_text().splitlines()
     assert len(pairs) == len({j["prompt_id"] for j in judgements})
+
+
+def test_lora_run_trains_adapters_against_the_adapter_off_reference_and_saves_plain_models(tmp_path):
+    """peft=lora through M2: pairs carry no reference log-probs (DPO takes them with the adapter off),
+    each model folder is a plain merged model, and only a fraction of the parameters trained."""
+    summary = loop_for(tmp_path, *FAST, "peft=lora", "judge=score_first").run()
+    assert summary["status"] == "ok"
+    for prefix in ("m1/sft", "m2/dpo"):
+        assert 0 < summary[f"{prefix}/trainable_params"] < summary[f"{prefix}/params"] / 2
+    pairs = [json.loads(line) for line in (tmp_path / "iter1" / "pairs.jsonl").read_text().splitlines()]
+    assert pairs and all(p["ref_chosen_logp"] is None and p["ref_rejected_logp"] is None for p in pairs)
+    # One optimizer step over all pairs: its micro-batches saw the fresh adapter (B = 0), where the
+    # policy is its reference, so every logged reward is 0 (a stored or wrong reference would not be).
+    assert summary["m2/dpo/steps"] == 1
+    assert abs(summary["m2/dpo/rewards/chosen"]) < 1e-4 and abs(summary["m2/dpo/rewards/rejected"]) < 1e-4
+    m1 = AutoModelForCausalLM.from_pretrained(tmp_path / "m1" / "model").state_dict()
+    m2 = AutoModelForCausalLM.from_pretrained(tmp_path / "m2" / "model").state_dict()
+    assert not any("lora" in k for k in m2) and not (tmp_path / "m2" / "model" / "adapter_config.json").exists()
+    assert any(not torch.equal(m1[k], m2[k]) for k in m1)  # the merged adapter moved the weights
+
+
+def test_lora_run_keeping_adapters_alone_chains_them_on_the_base(tmp_path):
+    summary = loop_for(tmp_path, *FAST, "peft=lora", "peft.save=adapter", "judge=score_first").run()
+    assert summary["status"] == "ok"
+    for t in (1, 2):
+        assert (tmp_path / f"m{t}" / "adapter" / "adapter_config.json").is_file()
+        assert not (tmp_path / f"m{t}" / "model").exists()
+    loop = loop_for(tmp_path, *FAST, "peft=lora", "peft.save=adapter", "judge=score_first")
+    assert [Path(a).parent.name for a in loop.spec_m(2).adapters] == ["m1", "m2"]
+    m2, _ = loop.spec_m(2).load()
+    m1, _ = loop.spec_m(1).load()
+    assert any(not torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))

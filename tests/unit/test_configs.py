@@ -108,3 +108,78 @@ def test_config_typo_is_an_error():
         compose(["sft.learning_rat=1.0"])
     with pytest.raises(InstantiationException, match="stop_after"):
         instantiate(compose(["iteration.stop_after=m9"]).iteration)
+
+
+PEFTS = sorted(p.stem for p in (ROOT / "conf" / "peft").glob("*.yaml"))
+TRAINERS = sorted(p.stem for p in (ROOT / "conf" / "trainer").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("peft", PEFTS)
+def test_every_peft_config_instantiates(peft):
+    from srl.adapters import PeftSettings
+
+    settings = instantiate(compose([f"peft={peft}"]).peft)
+    assert isinstance(settings, PeftSettings)
+    assert settings.enabled == (peft != "none")
+    assert settings.quantization == {"qlora": "4bit", "lora_8bit": "8bit"}.get(peft, "none")
+
+
+def test_peft_changes_training_fingerprints_not_the_data():
+    from srl.run import fingerprints
+
+    full, lora = fingerprints(compose([])), fingerprints(compose(["peft=lora"]))
+    assert full["data"] == lora["data"]
+    assert all(full[s] != lora[s] for s in full if s != "data" and s != "eval/m0")
+
+
+def test_backends():
+    from srl.vllm_backend import VLLMSettings
+
+    assert not compose(["backend=hf"]).get("backend")
+    vllm = instantiate(compose(["backend=vllm", "backend.tensor_parallel_size=2"]).backend)
+    assert isinstance(vllm, VLLMSettings) and vllm.tensor_parallel_size == 2 and vllm.enable_prefix_caching
+
+
+@pytest.mark.parametrize("trainer", TRAINERS)
+def test_every_trainer_config_builds_its_strategy(trainer):
+    from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy
+
+    from srl.strategies import build_strategy
+
+    cfg = compose([f"trainer={trainer}"])
+    factory = instantiate(cfg.trainer)
+    assert isinstance(factory, functools.partial)
+    spec = factory.keywords["strategy"]
+    assert not hasattr(spec, "_metadata")  # plain values below run.py (_convert_: all), not a DictConfig
+    if trainer.startswith("deepspeed"):
+        pytest.importorskip("deepspeed")
+    strategy = build_strategy(spec)
+    expected = {"cpu": str, "gpu": str, "ddp": DDPStrategy, "ddp_cpu": DDPStrategy, "fsdp": FSDPStrategy}.get(trainer, DeepSpeedStrategy)
+    assert isinstance(strategy, expected)
+    if trainer == "fsdp":
+        from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+        assert LlamaDecoderLayer in strategy.kwargs["auto_wrap_policy"]._module_classes
+
+
+def test_ddp_cpu_trainer_is_two_gloo_processes():
+    trainer = instantiate(compose(["trainer=ddp_cpu"]).trainer)(max_epochs=1, logger=False)
+    assert trainer.num_devices == 2 and trainer.strategy._process_group_backend == "gloo"
+
+
+def test_unknown_strategy_and_layer_are_errors():
+    from srl.strategies import build_strategy
+
+    with pytest.raises(ValueError, match="ddp, fsdp or deepspeed"):
+        build_strategy({"name": "horovod"})
+    with pytest.raises(ValueError, match="NoSuchDecoderLayer"):
+        build_strategy({"name": "fsdp", "wrap_layers": ["NoSuchDecoderLayer"]})
+
+
+def test_scale_experiments():
+    qlora = compose(["+experiment=qlora_7b"])
+    assert qlora.peft.quantization == "4bit" and qlora.trainer.devices == 1 and "7b" in qlora.model.name_or_path
+    node = compose(["+experiment=paper_8gpu"])
+    assert node.trainer.devices == 8 and node.trainer.strategy.name == "fsdp" and node.backend.tensor_parallel_size == 8
+    assert node.peft.method == "lora" and node.model.name_or_path == "meta-llama/Llama-2-70b-hf"
+    assert node.iteration.num_models == 3 and node.dpo.beta == 0.1  # the paper's recipe underneath
