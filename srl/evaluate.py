@@ -36,6 +36,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from srl.distributed import local_device
 from srl.config import CONF_DIR, register_resolvers
 from srl import aift, evalsets, headtohead, metrics, oasst
 from srl.headtohead import Comparison, H2HSettings
@@ -225,7 +226,8 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     prompts = evalsets.load_prompt_set(settings.h2h.prompts, data.ift_heldout) if settings.h2h.enabled or settings.alpaca_export else []
     spec = instantiate(cfg.model)
     name = getattr(spec, "name", type(spec).__name__)
-    slot = ModelSlot()
+    # The backend (conf/backend) and this process's device, as in the loop.
+    slot = ModelSlot(instantiate(cfg.backend) if cfg.get("backend") else None, local_device())
     h2h = settings.h2h
     baseline = None
     if h2h.enabled and h2h.reference:

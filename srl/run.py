@@ -158,7 +158,12 @@ def relaunch(cfg: DictConfig, nproc: int) -> int:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "srl.run",
            *overrides, f"hydra.run.dir={hc.runtime.output_dir}"]
     log.info("launching %d processes: %s", nproc, " ".join(cmd))
-    return subprocess.call(cmd)
+    env = dict(os.environ)
+    if "SLURM_NTASKS" in env:
+        # A one-task SLURM job launching its own workers: Lightning's SLURM detection would see one
+        # task; the job name "bash" is Lightning's documented way to make it use torchrun's variables.
+        env["SLURM_JOB_NAME"] = "bash"
+    return subprocess.call(cmd, env=env)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from srl import distributed
 from srl.records import write_json
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,8 @@ class Manifest:
             mine = []
             for out in outputs:
                 dest = self.run_dir / os.path.relpath(out.resolve(), source.run_dir.resolve())
-                link_or_copy(out, dest)
+                if distributed.is_main():  # every rank adopts the same record; rank 0 links the files
+                    link_or_copy(out, dest)
                 mine.append(str(dest))
             metrics = dict(entry.get("metrics", {}))
             self.record(stage, fingerprint, metrics, mine)
