@@ -5,15 +5,14 @@ rejected reply are computed once, before training (``reference_logprobs``, in ev
 with the pairs, so training holds one model. Under LoRA (``conf/peft``) the reference is the policy
 with its adapter switched off: pairs carry no stored log-probs and each step computes them with the
 adapter off, without gradients (one extra forward a step, no second copy, and it runs wherever the
-training strategy placed the base: sharded by FSDP, quantized by bitsandbytes). Chosen and rejected rows go through the policy in one
-concatenated forward. The loss is one of ``losses.PREFERENCE_LOSSES`` (``dpo.loss``; the paper's is
+training strategy placed the base: sharded by FSDP, quantized by bitsandbytes). Chosen and rejected
+rows go through the policy in one concatenated forward. The loss is one of ``losses.PREFERENCE_LOSSES`` (``dpo.loss``; the paper's is
 ``sigmoid``); the per-token losses (ipo, rpo) divide the summed log-probs, the stored reference ones
 included, by each reply's label-token count.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from typing import Any, Callable, Sequence
 
@@ -21,6 +20,7 @@ import lightning as L
 import torch
 
 from srl import distributed
+from srl.adapters import is_adapter_model
 from srl.chat import EncodedExample, collate_right, encode_example
 from srl.losses import PREFERENCE_LOSSES, PreferenceLoss, model_logprobs, preference_loss, row_sums
 from srl.schedules import build_optimization
@@ -116,15 +116,10 @@ def policy_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> t
     return chosen, rejected
 
 
-def adapter_off(model: torch.nn.Module) -> Any:
-    """A context in which a PEFT model is its base (the LoRA reference); a no-op for a plain model."""
-    return model.disable_adapter() if hasattr(model, "disable_adapter") and hasattr(model, "peft_config") else contextlib.nullcontext()
-
-
 @torch.no_grad()
 def online_reference(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference log-probs of a batch from a PEFT model with its adapter off, in eval mode (no dropout)."""
-    if not (hasattr(model, "disable_adapter") and hasattr(model, "peft_config")):
+    if not is_adapter_model(model):
         raise ValueError("pairs without reference log-probs need a LoRA policy (peft.method=lora) to take the reference from")
     was_training = model.training
     model.eval()
@@ -151,8 +146,8 @@ def batch_preference_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]
 
 @torch.no_grad()
 def reference_logprobs(model: torch.nn.Module, pairs: Sequence[EncodedPair], pad_id: int, batch_size: int = 8) -> list[EncodedPair]:
-    """The pairs with ``ref_chosen``/``ref_rejected`` filled by ``model`` in eval mode (no dropout),
-    with its adapter off if it has one. In a multi-process run each rank computes whole batches of
+    """The pairs with ``ref_chosen``/``ref_rejected`` filled by ``model`` in eval mode (no dropout).
+    In a multi-process run each rank computes whole batches of
     its share (the batches one process would form, so the values are the same) and all get all."""
     was_training = model.training
     model.eval()
@@ -167,8 +162,7 @@ def reference_logprobs(model: torch.nn.Module, pairs: Sequence[EncodedPair], pad
             values += [(float(c), float(r)) for c, r in zip(chosen, rejected)]
         return values
 
-    with adapter_off(model):
-        values = distributed.sharded(run, len(pairs), keys=[i // batch_size for i in range(len(pairs))])
+    values = distributed.sharded(run, len(pairs), keys=[i // batch_size for i in range(len(pairs))])
     model.train(was_training)
     return [dataclasses.replace(p, ref_chosen=c, ref_rejected=r) for p, (c, r) in zip(pairs, values)]
 

@@ -103,13 +103,23 @@ class HFModelSpec:
 
         return self._load({"quantization_config": quantization_config, "device_map": {"": str(local_device())}})
 
-    def _load(self, extra: dict[str, Any]) -> tuple[torch.nn.Module, Any]:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    def _source(self) -> str:
         path = Path(self.name_or_path).expanduser()
-        source = str(path) if path.exists() else self.name_or_path
+        return str(path) if path.exists() else self.name_or_path
+
+    def tokenizer(self) -> Any:
+        """The finished tokenizer (chat template, pad token), without loading weights."""
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(self._source(), trust_remote_code=self.trust_remote_code, revision=self.revision)
+        return finish_tokenizer(tok, self.chat_template)
+
+    def _load(self, extra: dict[str, Any]) -> tuple[torch.nn.Module, Any]:
+        from transformers import AutoModelForCausalLM
+
+        source = self._source()
         kwargs: dict[str, Any] = {"trust_remote_code": self.trust_remote_code, "revision": self.revision}
-        tokenizer = finish_tokenizer(AutoTokenizer.from_pretrained(source, **kwargs), self.chat_template)
+        tokenizer = self.tokenizer()
         if self.attn_implementation:
             kwargs["attn_implementation"] = self.attn_implementation
         model = AutoModelForCausalLM.from_pretrained(source, dtype=resolve_dtype(self.dtype), **kwargs, **extra)
@@ -201,11 +211,7 @@ class ModelSlot:
 def load_tokenizer(spec: Any) -> Any:
     """The tokenizer a spec's ``load()`` would return, without loading weights."""
     if isinstance(spec, HFModelSpec):
-        from transformers import AutoTokenizer
-
-        path = Path(spec.name_or_path).expanduser()
-        source = str(path) if path.exists() else spec.name_or_path
-        return finish_tokenizer(AutoTokenizer.from_pretrained(source, trust_remote_code=spec.trust_remote_code, revision=spec.revision), spec.chat_template)
+        return spec.tokenizer()
     if hasattr(spec, "spec"):
         return load_tokenizer(spec.spec())
     if hasattr(spec, "base"):
