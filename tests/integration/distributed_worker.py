@@ -65,7 +65,9 @@ def generate(out: Path) -> None:
 def train(kind: str, out: Path, devices: int) -> None:
     """Two optimizer steps on two examples: one process accumulates both, DDP gives one to each rank."""
     model, tok = TinyModelSpec(seed=0).load()
-    opt = functools.partial(torch.optim.AdamW, lr=1e-2)
+    # SGD: the update is proportional to the gradient. AdamW's is about +-lr for any gradient, so the
+    # float noise of a different reduction order (1e-9 on a near-zero gradient) moved weights by 6e-5.
+    opt = functools.partial(torch.optim.SGD, lr=1.0)
     micro, accumulate = 1, 2 // devices
     if kind == "sft":
         ift = [IFTExample(prompt=p, response=r, tree_id=str(i), message_id=str(i)) for i, (p, r) in enumerate(SFT_DATA)]

@@ -66,6 +66,21 @@ def base_names(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
 
 
+def base_values(model) -> dict[str, torch.Tensor]:
+    """Every base weight by value. A 4-bit layer is read through what it computes, its output on the
+    identity matrix (W^T + b): bitsandbytes (0.50) CPU kernels repack the uint8 storage on first use,
+    so the bytes change while the layer's function does not."""
+    import bitsandbytes as bnb
+
+    values = base_names(model)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, bnb.nn.Linear4bit):
+                eye = torch.eye(module.in_features, dtype=torch.float32)
+                values[f"{name}.weight"] = module(eye).detach().clone()
+    return values
+
+
 def lora_names(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
 
@@ -140,14 +155,19 @@ def test_qlora_loads_4bit_nf4_on_cpu_and_takes_a_training_step(tiny_folder):
     assert linear4 and all(m.weight.quant_type == "nf4" for m in linear4)
     assert all(m.weight.dtype == torch.uint8 for m in linear4)  # two 4-bit values a byte
     encoded, batch = sft_batch(tok)
-    base_before, lora_before, loss_before = base_names(model), lora_names(model), batch_loss(model, batch)
+    base_before, lora_before, loss_before = base_values(model), lora_names(model), batch_loss(model, batch)
 
     s = SFTSettings(optimizer=functools.partial(torch.optim.AdamW, lr=1e-2), batch_size=4, micro_batch_size=4, max_epochs=4, dropout=0.0)
     trainer = fit(SFTModule(model, s), encoded, 4, 4, tok.pad_token_id, accumulate=1)
 
     assert trainer.global_step == 4
     assert batch_loss(model, batch) < loss_before
-    assert all(torch.equal(p, base_before[n]) for n, p in model.named_parameters() if n in base_before)
+    base_after = base_values(model)
+    assert base_after.keys() == base_before.keys()
+    # The repacked CPU kernel computes W^T within 4e-4 of the first one (float rounding, far below one
+    # NF4 step of these weights, ~5e-3); 4 AdamW steps at lr 1e-2 would move a trained weight by ~4e-2.
+    for name, value in base_before.items():
+        torch.testing.assert_close(base_after[name], value, atol=1e-3, rtol=0, msg=f"base weight {name} changed")
     assert any(not torch.equal(p, lora_before[n]) for n, p in model.named_parameters() if n in lora_before)
 
 

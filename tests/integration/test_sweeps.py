@@ -1,5 +1,8 @@
 """Every sweep file runs through real Hydra multirun at smoke scale; the jobs compare locally and in W&B.
 
+The multirun tests take minutes each (a smoke-scale loop per job): they are the ``sweeps`` tier,
+``python -m pytest -m sweeps``; the default tier checks that every job of every sweep composes.
+
 All sweeps share one folder of runs (``iteration.reuse_from``), so a stage finished with the same
 config by an earlier job (M1 of the smoke experiment, most of all) is linked, not run again.
 """
@@ -72,6 +75,7 @@ def job_value(job: Path, key: str) -> str:
     return next(o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == key)
 
 
+@pytest.mark.sweeps
 @pytest.mark.parametrize("name", ORDER)
 def test_sweep_runs_every_job_at_smoke_scale(name, sweeps_root):
     (key, values), = swept(name).items()
@@ -99,7 +103,7 @@ def _pairs(value, s, job):
 
 
 def _loss(value, s, job):
-    assert ("m2/dpo/nll" in s) == (value == "rpo")
+    assert ("m2/dpo/nll_mean" in s) == (value == "rpo")
     stages = json.loads((job / "manifest.json").read_text())["stages"]
     # Up to the pairs every job reuses the pair-rule sweep's first job; DPO with the default loss is that job's M2.
     assert "reused_from" in stages["iter1/pairs"] and ("reused_from" in stages["m2"]) == (value == "default")
@@ -128,6 +132,7 @@ def _judge_format(value, s, job):
 CHECKS = {"pair_rule": _pairs, "loss": _loss, "num_candidates": _num_candidates, "eft": _eft, "judge_format": _judge_format}
 
 
+@pytest.mark.sweeps
 def test_compare_and_wandb_on_a_multirun(sweeps_root):
     """After the pair-rule sweep: one W&B offline run per job with its group and tags; srl.compare's
     table has one row per job and its plots exist."""
