@@ -41,22 +41,61 @@ def selected_logprobs(hidden: torch.Tensor, labels: torch.Tensor, head: Callable
     return logprobs, rows
 
 
+# Config fields of families whose forward changes the logits after the output head (Gemma 2/3
+# soft-capping, Cohere's logit_scale, Granite's logits_scaling, FalconH1's lm_head_multiplier).
+HEAD_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "lm_head_multiplier")
+
+
+def _full_forward(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    logprobs, mask = token_logprobs(logits, batch["labels"])
+    return logprobs[mask], mask.nonzero()[:, 0]
+
+
+def _body_and_head(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
+    return selected_logprobs(hidden, batch["labels"], head)
+
+
+@torch.no_grad()
+def head_is_plain(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> bool:
+    """Whether logits are exactly ``head(decoder(x))``, so the head may run on target tokens only.
+
+    Decided once per model object: False for a config with a known logit transform (non-None and not
+    1) or a model that does not expose decoder and head; otherwise checked on one row of ``batch``
+    against the full forward (in eval mode), which catches a transform srl does not know by name.
+    """
+    cached = getattr(model, "_srl_head_is_plain", None)
+    if cached is not None:
+        return cached
+    cfg = getattr(model, "config", None)
+    transformed = any(getattr(cfg, k, None) not in (None, 1, 1.0) for k in HEAD_TRANSFORMS) or getattr(model, "logit_scale", None) is not None
+    plain = not transformed and hasattr(model, "get_decoder") and model.get_decoder() is not None and model.get_output_embeddings() is not None
+    if plain:
+        row = {k: v[:1] for k, v in batch.items() if k in ("input_ids", "attention_mask", "labels")}
+        was_training = model.training
+        model.eval()
+        fast, _ = _body_and_head(model, row)
+        full, _ = _full_forward(model, row)
+        model.train(was_training)
+        plain = bool(torch.allclose(fast.float(), full.float(), atol=1e-4, rtol=1e-4))
+    try:
+        model._srl_head_is_plain = plain
+    except AttributeError:
+        pass
+    return plain
+
+
 def model_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """``selected_logprobs`` through an HF causal LM: decoder body once, output head on target tokens only.
 
-    Models whose head is more than a linear map (logit soft-capping, logit scaling) or that do not
-    expose their decoder go through the full forward instead, which gives the same values.
+    Models whose logits are more than the head's linear map (``head_is_plain``: soft-capping, logit
+    scaling) go through the full forward instead, so training sees the logits generation samples from.
     """
-    cfg = getattr(model, "config", None)
-    plain_head = getattr(cfg, "final_logit_softcapping", None) is None and getattr(model, "logit_scale", None) is None
-    decoder = model.get_decoder() if plain_head and hasattr(model, "get_decoder") else None
-    head = model.get_output_embeddings() if decoder is not None else None
-    if decoder is None or head is None:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-        logprobs, mask = token_logprobs(logits, batch["labels"])
-        return logprobs[mask], mask.nonzero()[:, 0]
-    hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
-    return selected_logprobs(hidden, batch["labels"], head)
+    if head_is_plain(model, batch):
+        return _body_and_head(model, batch)
+    return _full_forward(model, batch)
 
 
 def row_sums(values: torch.Tensor, rows: torch.Tensor, num_rows: int) -> torch.Tensor:
