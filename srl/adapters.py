@@ -186,6 +186,8 @@ def merge_adapters(model: torch.nn.Module, adapters: Sequence[str]) -> torch.nn.
     from peft import PeftModel
 
     for folder in adapters:
+        if not (Path(folder) / "adapter_model.safetensors").is_file():  # srl writes safetensors; PEFT would unpickle a .bin
+            raise FileNotFoundError(f"{folder}: no adapter_model.safetensors (srl saves adapters as safetensors and loads no pickle)")
         model = PeftModel.from_pretrained(model, folder).merge_and_unload()
     return model.train()
 
@@ -203,14 +205,14 @@ def save_trained(model: torch.nn.Module, tokenizer: Any, base: Any, settings: Pe
     if not settings.enabled:
         save_model(model, tokenizer, tmp)
     elif settings.save == "adapter":
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
     elif settings.quantization == "none":
         save_model(model.merge_and_unload(), tokenizer, tmp)
     else:
         adapter_dir = folder.with_name(folder.name + ".adapter.tmp")
         shutil.rmtree(adapter_dir, ignore_errors=True)
-        model.save_pretrained(adapter_dir)
+        model.save_pretrained(adapter_dir, safe_serialization=True)
         del model
         full, _ = base.load()
         save_model(merge_adapters(full, [str(adapter_dir)]).eval(), tokenizer, tmp)

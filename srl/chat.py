@@ -52,13 +52,22 @@ def split_prompt_completion(tokenizer: Any, prompt: str, completion: str) -> tup
     return prompt_text, full_text[len(prompt_text):]
 
 
-def encode_example(tokenizer: Any, prompt: str, completion: str, max_length: int) -> tuple[EncodedExample | None, str | None]:
+def encode_example(
+    tokenizer: Any, prompt: str, completion: str, max_length: int, finished: bool = True,
+) -> tuple[EncodedExample | None, str | None]:
     """Tokenize one example with masked labels; returns (example, None) or (None, skip reason).
 
     Prompt and completion are tokenized separately so the label boundary is exact. An example whose
     prompt leaves no room for the completion is skipped; a long completion is cut at ``max_length``.
+    ``finished=False`` (a reply cut at max_new_tokens) ends the target where the reply ends: the
+    template's end-of-turn after a cut would teach the model to stop mid-sentence.
     """
     prompt_text, completion_text = split_prompt_completion(tokenizer, prompt, completion)
+    if not finished:
+        reply = completion.strip()
+        at = completion_text.rfind(reply)
+        if reply and at >= 0:
+            completion_text = completion_text[: at + len(reply)]
     prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
     completion_ids = tokenizer(completion_text, add_special_tokens=False)["input_ids"]
     if len(prompt_ids) >= max_length:

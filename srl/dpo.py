@@ -21,10 +21,12 @@ import torch
 
 from srl import distributed
 from srl.adapters import is_adapter_model
+from srl.batching import step_loss_scale
 from srl.chat import EncodedExample, collate_right, encode_example
 from srl.losses import PREFERENCE_LOSSES, PreferenceLoss, model_logprobs, preference_loss, row_sums
 from srl.schedules import build_optimization
 from srl.sft import checkpointing
+from srl.steps import StepStats, checkpoint_state, restore_state
 
 
 @dataclasses.dataclass
@@ -79,10 +81,13 @@ class EncodedPair:
     ref_rejected: float | None = 0.0
 
 
-def encode_pair(tokenizer: Any, prompt: str, chosen: str, rejected: str, max_length: int) -> EncodedPair | None:
-    """Both replies with the shared prompt, labels on the reply tokens; None if the prompt is too long."""
-    c, _ = encode_example(tokenizer, prompt, chosen, max_length)
-    r, _ = encode_example(tokenizer, prompt, rejected, max_length)
+def encode_pair(
+    tokenizer: Any, prompt: str, chosen: str, rejected: str, max_length: int, chosen_finished: bool = True, rejected_finished: bool = True,
+) -> EncodedPair | None:
+    """Both replies with the shared prompt, labels on the reply tokens; None if the prompt is too long.
+    A reply cut at max_new_tokens (``*_finished=False``) gets no end-of-turn after the cut."""
+    c, _ = encode_example(tokenizer, prompt, chosen, max_length, chosen_finished)
+    r, _ = encode_example(tokenizer, prompt, rejected, max_length, rejected_finished)
     if c is None or r is None:
         return None
     return EncodedPair(c, r)
@@ -168,32 +173,46 @@ def reference_logprobs(model: torch.nn.Module, pairs: Sequence[EncodedPair], pad
 
 
 class DPOModule(L.LightningModule):
-    """Wires the policy to ``losses.preference_loss`` (``settings.loss``).
+    """Wires the policy to ``losses.preference_loss`` (``settings.loss``), averaged over the pairs of
+    the whole effective batch (``batching.step_loss_scale``).
 
-    Logs ``<prefix>/loss``, ``<prefix>/rewards/*`` (beta * summed log-ratio, whatever the loss) and,
-    for rpo, ``<prefix>/nll`` (the chosen reply's per-token NLL).
+    Per optimizer step, ``stats`` collects ``loss``, ``rewards/chosen``, ``rewards/rejected``,
+    ``rewards/margin`` (beta * summed log-ratio, whatever the loss), ``rewards/accuracy`` (chosen
+    reward > rejected reward), for rpo ``nll`` (the chosen reply's per-token NLL), ``pairs`` and
+    ``lr``, each a mean over the step's pairs (``steps.StageProgress`` makes rows and stage statistics).
     """
+
+    strict_loading = False  # checkpoints hold the trainable weights only (steps.checkpoint_state)
 
     def __init__(self, model: torch.nn.Module, settings: DPOSettings, metric_prefix: str = "m2/dpo") -> None:
         super().__init__()
         self.model = model
         self.settings = settings
         self.prefix = metric_prefix
+        self.stats = StepStats()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         out = batch_preference_loss(self.model, batch, self.settings)
-        loss, chosen_rewards, rejected_rewards = out.loss, out.chosen_rewards, out.rejected_rewards
-        n = chosen_rewards.shape[0]
-        p = self.prefix
-        self.log(f"{p}/loss", loss, prog_bar=True, batch_size=n)
+        chosen, rejected = out.chosen_rewards, out.rejected_rewards
+        n = chosen.shape[0]
+        loss_sum = out.loss * n  # preference_loss returns the batch mean
+        add = self.stats.add
+        add("loss", loss_sum.detach(), n)
         if out.nll is not None:
-            self.log(f"{p}/nll", out.nll, batch_size=n)
-        self.log(f"{p}/rewards/chosen", chosen_rewards.mean(), batch_size=n)
-        self.log(f"{p}/rewards/rejected", rejected_rewards.mean(), batch_size=n)
-        self.log(f"{p}/rewards/margin", (chosen_rewards - rejected_rewards).mean(), prog_bar=True, batch_size=n)
-        self.log(f"{p}/rewards/accuracy", (chosen_rewards > rejected_rewards).float().mean(), batch_size=n)
-        self.log(f"{p}/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=1)
-        return loss
+            add("nll", out.nll * n, n)
+        add("rewards/chosen", chosen.sum(), n)
+        add("rewards/rejected", rejected.sum(), n)
+        add("rewards/margin", (chosen - rejected).sum(), n)
+        add("rewards/accuracy", (chosen > rejected).float().sum(), n)
+        add("pairs", n)
+        add("lr", self.trainer.optimizers[0].param_groups[0]["lr"], 1)
+        return loss_sum * step_loss_scale(batch, self._trainer, n)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint_state(self, checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        restore_state(checkpoint)
 
     def on_fit_start(self) -> None:
         checkpointing(self.model, self.settings.gradient_checkpointing)

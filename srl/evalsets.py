@@ -26,7 +26,9 @@ import random
 from pathlib import Path
 from typing import Any, Sequence
 
-from srl.records import Candidate, IFTExample, PromptRecord, RecordError, atomic_write_text, iter_json_lines, read_jsonl
+from srl.records import (
+    Candidate, IFTExample, PromptRecord, RecordError, atomic_write_text, iter_json_lines, loads_json, read_jsonl, read_text,
+)
 
 KINDS = ("heldout", "self_instruct", "mt_bench", "jsonl")
 
@@ -109,6 +111,8 @@ def load_prompt_set(settings: PromptSetSettings, heldout: Sequence[IFTExample] =
         if not path.is_file():
             raise FileNotFoundError(f"eval prompt file not found: {path}")
         prompts = {"self_instruct": read_self_instruct, "mt_bench": read_mt_bench, "jsonl": read_plain}[settings.kind](path)
+        if not prompts:
+            raise RecordError(f"{path}: no rows (an empty {settings.kind} prompt set)")
     ids = [p.prompt_id for p in prompts]
     if len(set(ids)) != len(ids):
         raise RecordError(f"eval prompt set {settings.kind} ({settings.path}): prompt ids are not unique")
@@ -127,11 +131,13 @@ def read_reference(path: str | Path, prompts: Sequence[PromptRecord]) -> tuple[d
     file = Path(path).expanduser()
     if not file.is_file():
         raise FileNotFoundError(f"reference replies file not found: {file}")
-    text = file.read_text(encoding="utf-8")
+    text = read_text(file)
     if text.lstrip().startswith("["):
-        rows = [(i + 1, row) for i, row in enumerate(json.loads(text))]
+        rows = [(i + 1, row) for i, row in enumerate(loads_json(text, file))]
     else:
         rows = list(iter_json_lines(file))
+    if not rows:
+        raise RecordError(f"{file}: no rows (an empty reference replies file)")
     if rows and isinstance(rows[0][1], dict) and "candidate" in rows[0][1]:
         by_id = {c.prompt_id: c for c in read_jsonl(file, Candidate)}
     else:

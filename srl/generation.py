@@ -3,7 +3,8 @@
 Every row samples with its own ``torch.Generator`` seeded from the item's seed, so an item's text
 does not depend on which other items share its batch through the RNG (floating-point results of a
 batched forward can still differ in the last bits with the padding, which is why the loop's stages
-run items in fixed chunks: see ``aift.py``). Rows stop at EOS (or any id in ``stop_ids``).
+run items in fixed chunks: see ``aift.py``). Rows stop at EOS, at the chat template's end-of-turn
+token (``end_of_turn_id``), or at any id in ``stop_ids``.
 Temperature 0 is greedy decoding.
 """
 
@@ -114,12 +115,69 @@ def generate_ids(
         return Engine(model, settings, pad_id, stop_ids).run(prompts, seeds)
 
 
-def stop_token_ids(tokenizer: Any, model: torch.nn.Module | None) -> list[int]:
-    """EOS of the tokenizer and of the model's generation config (a list for some chat models)."""
-    ids = {tokenizer.eos_token_id}
+def stop_token_ids(tokenizer: Any, model: Any | None) -> list[int]:
+    """EOS of the tokenizer and of the model's generation config (a list for some chat models),
+    and the chat template's end-of-turn token (``end_of_turn_id``).
+
+    ``model`` is a torch model or a generation backend (``srl/vllm_backend.py``): only its
+    ``generation_config`` is read.
+    """
+    ids = {tokenizer.eos_token_id, end_of_turn_id(tokenizer)}
     eos = getattr(model.generation_config, "eos_token_id", None) if getattr(model, "generation_config", None) else None
     ids.update(eos if isinstance(eos, list) else [eos])
     return sorted(i for i in ids if i is not None)
+
+
+REPLY_MARK = "SRL-REPLY-MARK"  # an assistant reply whose end the template's text is found after
+
+
+def end_of_turn_text(tokenizer: Any) -> str:
+    """What the chat template writes right after an assistant reply, trailing whitespace dropped.
+
+    ChatML: ``<|im_end|>``; Llama-2 ``[INST]``: the EOS text; "" when the template writes nothing.
+    A conversation-final EOS some templates add after the turn's own end (``<|end|>\n</s>``) is
+    dropped too: EOS stops generation anyway. Training targets end with the same text
+    (``srl.chat.split_prompt_completion``), so the model learns to write this token.
+    """
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": REPLY_MARK}]
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    at = full.rfind(REPLY_MARK)
+    if at < 0:
+        raise ValueError(f"the chat template does not write the assistant's reply into the conversation: {full!r}")
+    tail = full[at + len(REPLY_MARK):].rstrip()
+    eos = tokenizer.eos_token or ""
+    if eos and tail.endswith(eos) and tail != eos:
+        tail = tail[: -len(eos)].rstrip()
+    return tail
+
+
+def end_of_turn_id(tokenizer: Any) -> int | None:
+    """The token id that ends an assistant turn under the tokenizer's chat template, None when the
+    template writes nothing after a reply or only EOS (already a stop).
+
+    Generation stops there: with ChatML on a base tokenizer, ``<|im_end|>`` ends a turn but is not
+    EOS, and without this stop every reply runs to max_new_tokens and into invented later turns.
+    Raises ValueError when the end-of-turn is several tokens or an ordinary vocabulary token (which
+    a reply could contain), since no single stop token would end a turn exactly.
+    """
+    text = end_of_turn_text(tokenizer)
+    if not text or text == tokenizer.eos_token:
+        return None
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
+    if len(ids) != 1 or ids[0] not in special:
+        shown = f"{len(ids)} tokens {ids}" if len(ids) != 1 else f"the ordinary vocabulary token {ids[0]}"
+        raise ValueError(
+            f"the chat template ends an assistant turn with {text!r}, which this tokenizer encodes as {shown}: "
+            "generation could not stop at the end of a turn. Add it as a special token or use a template whose "
+            f"end-of-turn is one token (model.chat_template; template: {_shorten(tokenizer.chat_template)})"
+        )
+    return ids[0] if ids[0] != tokenizer.eos_token_id else None
+
+
+def _shorten(text: Any, limit: int = 300) -> str:
+    shown = repr(text)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
 
 
 def newline_token_ids(tokenizer: Any) -> list[int]:
@@ -135,7 +193,8 @@ def sample_chat(
     """One reply per user prompt (chat template applied), in the order of ``prompts``.
 
     The engine batches across prompts, shares their common prefix and one prefill per distinct
-    prompt, and refills finished rows. Rows stop at EOS or at any of ``extra_stop_ids``.
+    prompt, and refills finished rows. Rows stop at ``stop_token_ids`` (EOS, the template's end of
+    turn) or at any of ``extra_stop_ids``.
     """
     if len(prompts) != len(seeds):
         raise ValueError("one seed per prompt is needed")
@@ -152,7 +211,8 @@ def _sample_local(
 ) -> list[Generated]:
     encoded = [tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in prompts]
     backend = hasattr(model, "generate_ids")  # a generation backend (srl/vllm_backend.py), not a torch module
-    stops = sorted(set(stop_token_ids(tokenizer, model)) | set(extra_stop_ids))
+    turn_ends = set(stop_token_ids(tokenizer, model))  # EOS and the template's end of turn
+    stops = sorted(turn_ends | set(extra_stop_ids))
     if backend:
         results = model.generate_ids(encoded, seeds, settings, tokenizer.pad_token_id, stops)
     else:
@@ -160,7 +220,12 @@ def _sample_local(
         model.eval()
         results = generate_ids(model, encoded, seeds, settings, tokenizer.pad_token_id, stops)
         model.train(was_training)
-    return [Generated(tokenizer.decode(ids, skip_special_tokens=True).strip(), len(ids), finished) for ids, finished in results]
+    # EOS and end-of-turn are cut off the text (an added end-of-turn token that is not "special"
+    # would survive skip_special_tokens); extra stops such as a newline stay, then strip().
+    return [
+        Generated(tokenizer.decode(ids[:-1] if finished and ids and ids[-1] in turn_ends else ids, skip_special_tokens=True).strip(), len(ids), finished)
+        for ids, finished in results
+    ]
 
 
 def sample_texts(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str], seeds: Sequence[int], settings: SamplingSettings) -> list[str]:

@@ -16,7 +16,7 @@ from typing import Any
 from srl import aift, distributed
 from srl.dpo import DPOModule, DPOSettings, collate_pairs, encode_pair, reference_logprobs
 from srl.models import HFModelSpec, load_tokenizer
-from srl.pairs import select_pairs
+from srl.pairs import select_pairs, truncation_counts
 from srl.records import Candidate, Judgement, Pair, PartialJsonl, PromptAttempt, PromptRecord, IFTExample, read_jsonl, write_jsonl
 from srl.sft import SFTDataModule
 from srl.stages import link_or_copy
@@ -108,19 +108,23 @@ class IterationStages:
             model.to(distributed.local_device())
         encoded, kept = [], []
         for chosen, rejected, cs, rs in selected:
-            pair = encode_pair(tokenizer, chosen.prompt, chosen.response, rejected.response, dpo.max_length)
+            pair = encode_pair(tokenizer, chosen.prompt, chosen.response, rejected.response, dpo.max_length, chosen.finished, rejected.finished)
             if pair is None:
                 counts["dropped/prompt_too_long"] = counts.get("dropped/prompt_too_long", 0) + 1
                 continue
             encoded.append(pair)
             kept.append((chosen, rejected, cs, rs))
+        counts.update(truncation_counts(candidates, kept))  # of the pairs that fit dpo.max_length
         if not kept:
             judged = aift.judgement_metrics(judgements, self.judge.template)
             self._no_pairs(
                 f"iteration {t}: no usable preference pair from {len(candidates)} candidates ({counts}); judge parse-failure "
                 f"rate {judged['parse_fail_rate']:.0%}, unscored replies {judged['unscored_replies']}. Read {d / 'judgements.jsonl'}: "
                 "if the judge never writes 'Score: N', train M1 with more EFT data (sft.max_eft_examples, sft.max_epochs) or raise "
-                "judge.sampling.max_new_tokens; if all scores tie, raise generation.num_candidates or judge.num_samples"
+                "judge.sampling.max_new_tokens; if all scores tie, raise generation.num_candidates or judge.num_samples; "
+                f"if replies are cut at max_new_tokens ({counts['truncated_candidates']} truncated candidates, "
+                f"{counts['dropped/truncated']} prompts dropped by pairs.truncated={self.pairs.truncated}), raise "
+                "generation.sampling.max_new_tokens"
             )
             write_jsonl(d / "pairs.jsonl", [])
             counts["kept"] = 0
@@ -130,7 +134,7 @@ class IterationStages:
         else:
             with_ref = [dataclasses.replace(p, ref_chosen=None, ref_rejected=None) for p in encoded]
         records = [
-            Pair(c.prompt_id, c.prompt, c.response, r.response, cs, rs, p.ref_chosen, p.ref_rejected)
+            Pair(c.prompt_id, c.prompt, c.response, r.response, cs, rs, p.ref_chosen, p.ref_rejected, c.finished, r.finished)
             for (c, r, cs, rs), p in zip(kept, with_ref)
         ]
         path = d / "pairs.jsonl"
@@ -163,7 +167,7 @@ class IterationStages:
         model, tokenizer = self.load_train(t)
         encoded = []
         for p in pairs:
-            pair = encode_pair(tokenizer, p.prompt, p.chosen, p.rejected, dpo.max_length)
+            pair = encode_pair(tokenizer, p.prompt, p.chosen, p.rejected, dpo.max_length, p.chosen_finished, p.rejected_finished)
             if pair is None:  # the pairs stage kept only pairs that fit dpo.max_length with this tokenizer
                 raise ValueError(f"pair {p.prompt_id} no longer fits dpo.max_length={dpo.max_length}; rerun the pairs stage")
             encoded.append(dataclasses.replace(pair, ref_chosen=p.ref_chosen_logp, ref_rejected=p.ref_rejected_logp))
@@ -174,4 +178,6 @@ class IterationStages:
                                    group_by_length=dpo.group_by_length)
         trainer, _ = self._fit(module, datamodule, dpo, f"m{t_next}", metrics, prefix)
         metrics[f"{prefix}/steps"] = trainer.global_step
-        return metrics, [str(self.save(model, tokenizer, t_next, trainer))]
+        folder = self.save(model, tokenizer, t_next, trainer)
+        self.progress.finish()
+        return metrics, [str(folder)]

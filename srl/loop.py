@@ -35,6 +35,7 @@ from srl.pairs import PairSettings
 from srl.records import EFTExample, IFTExample, RankedPrompt, read_jsonl
 from srl.sft import SFTDataModule, SFTModule, SFTSettings, cap, restore_dropout, set_dropout
 from srl.stages import Manifest, find_manifests
+from srl.steps import StageProgress
 from srl.strategies import full_state_dict
 from srl.tracking import Tracker
 
@@ -57,17 +58,23 @@ class LoopSettings:
     ``reuse_from``: a folder of earlier runs whose finished stages with the same config are linked
     instead of run (a sweep over a later stage); ``on_no_pairs``: what an iteration without a usable
     prompt or pair does: ``error`` (stop with the reason) or ``carry`` (log it, count it, and make
-    M_{t+1} a copy of M_t, so a sweep job whose judge never parses still finishes and shows 0 pairs)."""
+    M_{t+1} a copy of M_t, so a sweep job whose judge never parses still finishes and shows 0 pairs);
+    ``checkpoint_every_n_steps``: a training stage (SFT, DPO) saves a resumable checkpoint this often
+    (optimizer steps) and at each epoch's end, 0: never; ``keep_checkpoints``: keep it after the stage."""
 
     num_models: int = 3
     stop_after: str | None = None
     seed: int = 0
     reuse_from: str | None = None
     on_no_pairs: str = "error"
+    checkpoint_every_n_steps: int = 20
+    keep_checkpoints: bool = False
 
     def __post_init__(self) -> None:
         if self.num_models < 1:
             raise ValueError(f"iteration.num_models must be >= 1, got {self.num_models}")
+        if self.checkpoint_every_n_steps < 0:
+            raise ValueError(f"iteration.checkpoint_every_n_steps must be >= 0 (0: no checkpoints), got {self.checkpoint_every_n_steps}")
         if self.on_no_pairs not in ("error", "carry"):
             raise ValueError(f"iteration.on_no_pairs must be 'error' or 'carry', got {self.on_no_pairs!r}")
         names = stage_names(self.num_models, evaluate=True)
@@ -270,7 +277,9 @@ class SelfRewardingLoop(IterationStages):
         trainer, seconds = self._fit(module, datamodule, s, "m1", metrics, prefix, validate_first=bool(val))
         metrics[f"{prefix}/train_tokens_per_s"] = round(module.tokens_seen / max(seconds, 1e-9), 1)
         metrics[f"{prefix}/steps"] = trainer.global_step
-        return metrics, [str(self.save(model, tokenizer, 1, trainer))]
+        folder = self.save(model, tokenizer, 1, trainer)
+        self.progress.finish()
+        return metrics, [str(folder)]
 
     @staticmethod
     def _accumulation(s: Any, name: str) -> int:
@@ -294,25 +303,37 @@ class SelfRewardingLoop(IterationStages):
         self, module: L.LightningModule, datamodule: L.LightningDataModule, s: Any, name: str, metrics: dict[str, Any], prefix: str,
         validate_first: bool = False,
     ) -> tuple[L.Trainer, float]:
-        """Train ``module`` with dropout ``s.dropout``; adds ``prefix`` metrics; returns the trainer and fit seconds."""
+        """Train ``module`` with dropout ``s.dropout``, resuming from the stage's checkpoint if a run
+        was stopped in it; adds the stage statistics of ``prefix`` (``steps.summarize``) to ``metrics``;
+        returns the trainer and fit seconds. Call ``self.progress.finish()`` once the model is saved."""
         L.seed_everything(s.seed, workers=True, verbose=False)
         previous = set_dropout(module.model, s.dropout) if s.dropout is not None else {}
+        self.progress = progress = StageProgress(
+            self.run_dir / name, prefix, self.settings.checkpoint_every_n_steps, self.fingerprints.get(name, ""), self.settings.keep_checkpoints,
+        )
         trainer = self.trainer_factory(
             max_epochs=s.max_epochs,
             accumulate_grad_batches=self._accumulation(s, name),
             logger=self.tracker.logger if self.tracker.logger is not None else False,
             default_root_dir=str(self.run_dir / name),
-            enable_checkpointing=False,
+            enable_checkpointing=False,  # steps.StageProgress saves the stage's checkpoints
+            callbacks=[progress],
             limit_val_batches=None if validate_first else 0,
             use_distributed_sampler=False,  # SFTDataModule shards by rank itself (length-grouped batches included)
         )
         if validate_first:
             metrics[f"{prefix}/val_loss_before"] = float(trainer.validate(module, datamodule=datamodule, verbose=False)[0][f"{prefix}/val_loss"])
+        ckpt = progress.resume_path()
+        if ckpt is not None:
+            log.info("stage %s: resuming from checkpoint %s", name, ckpt)
         started = time.perf_counter()
-        trainer.fit(module, datamodule=datamodule)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
         seconds = time.perf_counter() - started
         restore_dropout(module.model, previous)
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)})
+        metrics.update(progress.summary())
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k == f"{prefix}/val_loss"})
+        if ckpt is not None:
+            metrics[f"{prefix}/resumed_at_step"] = progress.start_step
         return trainer, seconds
 
     # -- evaluation after each model (paper Sec. 4.2) ---------------------------------------------

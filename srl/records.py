@@ -116,11 +116,45 @@ def record_from_dict(cls: type[T], data: Any, where: str) -> T:
     return cls(**kwargs)
 
 
+def _not_utf8(path: str | os.PathLike, data: bytes, exc: UnicodeDecodeError, first_line: int = 1, base: int = 0) -> RecordError:
+    """The error for bytes ``data`` (starting at line ``first_line``, byte ``base`` of ``path``) that are not UTF-8."""
+    line = first_line + data.count(b"\n", 0, exc.start)
+    column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+    return RecordError(
+        f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at column {column}, byte offset {base + exc.start} "
+        f"of the file); save the file as UTF-8"
+    )
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """The whole file as UTF-8 text; bytes that are not UTF-8 raise ``RecordError`` naming file, line and byte offset."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(path, data, exc) from None
+
+
+def loads_json(text: str, path: str | os.PathLike) -> Any:
+    """``json.loads`` of a whole file's ``text``; bad JSON names the file, line and column."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RecordError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+
+
 def iter_json_lines(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
-    """Yield ``(line_number, decoded_object)`` for each non-blank line; bad JSON names file and line."""
+    """Yield ``(line_number, decoded_object)`` for each non-blank line; bad JSON or bytes that are not
+    UTF-8 name the file and the line."""
     path = Path(path)
-    with path.open("r", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    offset = 0  # bytes before this line, for the not-UTF-8 message
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise _not_utf8(path, raw, exc, lineno, offset) from None
+            offset += len(raw)
             if not line.strip():
                 continue
             try:
@@ -222,6 +256,8 @@ class Pair:
     rejected_score: float
     ref_chosen_logp: float | None
     ref_rejected_logp: float | None
+    chosen_finished: bool = True  # False: cut at max_new_tokens (no end-of-turn is trained after it)
+    rejected_finished: bool = True
 
 
 class PartialJsonl:
@@ -240,7 +276,7 @@ class PartialJsonl:
         """Records already written, cut back to a whole number of ``chunk``-record chunks."""
         if not self.partial.is_file():
             return []
-        raw = self.partial.read_text(encoding="utf-8")
+        raw = read_text(self.partial)
         lines = raw.split("\n")[:-1]  # a torn last line (no newline yet) is dropped
         keep = len(lines) - len(lines) % chunk
         if keep != len(lines) or not raw.endswith("\n") and raw:
@@ -251,7 +287,7 @@ class PartialJsonl:
     def keep(self, count: int) -> None:
         """Cut the partial file back to its first ``count`` records (a unit of work cut short)."""
         if self.partial.is_file():
-            lines = self.partial.read_text(encoding="utf-8").split("\n")[:-1]
+            lines = read_text(self.partial).split("\n")[:-1]
             atomic_write_text(self.partial, "".join(line + "\n" for line in lines[:count]))
 
     def append(self, records: Iterable[Any]) -> None:

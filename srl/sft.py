@@ -18,10 +18,11 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from srl import distributed
-
-from srl.chat import EncodedExample, collate_right
+from srl.batching import StepBatches, Tagged, item_length, item_weight, step_loss_scale
+from srl.chat import collate_right
 from srl.losses import model_logprobs
 from srl.schedules import build_optimization
+from srl.steps import StepStats, checkpoint_state, restore_state
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,14 @@ def restore_dropout(model: torch.nn.Module, previous: dict[str, float]) -> None:
 
 
 class SFTModule(L.LightningModule):
-    """Next-token loss on completion tokens; logs ``<prefix>/loss``, ``/tokens``, ``/lr``, ``/val_loss``."""
+    """Next-token loss on completion tokens, the token mean over the whole effective batch.
+
+    Per optimizer step, ``stats`` collects ``loss`` (mean NLL per target token), ``target_tokens``
+    and ``lr`` (``steps.StageProgress`` turns them into rows and stage statistics); logs
+    ``<prefix>/val_loss`` (token-weighted over the validation set).
+    """
+
+    strict_loading = False  # checkpoints hold the trainable weights only (steps.checkpoint_state)
 
     def __init__(self, model: torch.nn.Module, settings: SFTSettings, metric_prefix: str = "m1/sft") -> None:
         super().__init__()
@@ -99,6 +107,7 @@ class SFTModule(L.LightningModule):
         self._val_sum = torch.zeros(())
         self._val_tokens = torch.zeros(())
         self.tokens_seen = 0
+        self.stats = StepStats()
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean NLL over the batch's target tokens (output head on those tokens only), and their count."""
@@ -107,12 +116,19 @@ class SFTModule(L.LightningModule):
         return -logprobs.sum() / n_tokens.clamp(min=1), n_tokens
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, n_tokens = self._loss(batch)
+        logprobs, _ = model_logprobs(self.model, batch)
+        nll_sum, n_tokens = -logprobs.sum(), logprobs.numel()
         self.tokens_seen += int(batch["attention_mask"].sum())
-        self.log(f"{self.prefix}/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
-        self.log(f"{self.prefix}/target_tokens", n_tokens.float(), reduce_fx="sum", batch_size=1)
-        self.log(f"{self.prefix}/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=1)
-        return loss
+        self.stats.add("loss", nll_sum.detach(), n_tokens)
+        self.stats.add("target_tokens", n_tokens)
+        self.stats.add("lr", self.trainer.optimizers[0].param_groups[0]["lr"], 1)
+        return nll_sum * step_loss_scale(batch, self._trainer, n_tokens)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint_state(self, checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        restore_state(checkpoint)
 
     def on_validation_epoch_start(self) -> None:
         self._val_sum = torch.zeros((), device=self.device)
@@ -157,49 +173,14 @@ def is_checkpointing(model: torch.nn.Module) -> bool:
     return bool(getattr(model, name, False))
 
 
-class LengthGroupedBatches(torch.utils.data.Sampler):
-    """Micro-batches of similar length in a seeded random order (each epoch reshuffles).
-
-    Items are shuffled, cut into windows of ``window`` micro-batches, sorted by length inside each
-    window and cut into micro-batches; the micro-batches are then shuffled. Every item appears once
-    per epoch; padding shrinks because neighbours have similar lengths.
-    """
-
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, window: int = 16) -> None:
-        self.lengths, self.batch_size, self.seed, self.window, self.epoch = list(lengths), batch_size, seed, window, 0
-
-    def __len__(self) -> int:
-        return -(-len(self.lengths) // self.batch_size) // distributed.world_size()
-
-    def __iter__(self) -> Any:
-        rng = random.Random(self.seed * 1_000_003 + self.epoch)
-        self.epoch += 1
-        order = list(range(len(self.lengths)))
-        rng.shuffle(order)
-        span = self.batch_size * self.window
-        batches = []
-        for start in range(0, len(order), span):
-            chunk = sorted(order[start:start + span], key=lambda i: -self.lengths[i])
-            batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
-        rng.shuffle(batches)
-        # In a multi-process run each rank takes every world-th batch; all ranks take the same number
-        # (DDP steps together), so up to world - 1 trailing batches of an epoch are left out.
-        world, rank = distributed.world_size(), distributed.rank()
-        return iter(batches[rank:len(batches) - len(batches) % world:world])
-
-
-def item_length(item: Any) -> int:
-    """Tokens an item puts in a batch row: an example's length, or a pair's longer reply."""
-    if hasattr(item, "input_ids"):
-        return len(item.input_ids)
-    return max(len(item.chosen.input_ids), len(item.rejected.input_ids))
-
-
 class SFTDataModule(L.LightningDataModule):
-    """Right-padded micro-batches of encoded examples; training order is shuffled with ``seed``.
+    """Right-padded micro-batches of encoded examples (or DPO pairs) in a seeded order.
 
-    ``collate`` turns a list of items into a batch (default: ``collate_right`` of SFT examples; DPO
-    passes its pair collation).
+    Training batches come from ``batching.StepBatches``: each carries ``step_weight``, the total
+    weight of its optimizer step (target tokens for SFT, pairs for DPO, over all processes), so the
+    modules' losses are exact means over the effective batch; under a Trainer, an epoch resumed from
+    a checkpoint starts at the micro-batch it stopped at. ``collate`` turns a list of items into a
+    batch (default: ``collate_right`` of SFT examples; DPO passes its pair collation).
     """
 
     def __init__(
@@ -213,22 +194,36 @@ class SFTDataModule(L.LightningDataModule):
         self.micro_batch_size, self.pad_id, self.seed, self.collate = micro_batch_size, pad_id, seed, collate
         self.group_by_length = group_by_length
 
-    def _loader(self, data: list[EncodedExample], shuffle: bool) -> DataLoader:
-        collate = lambda items: self.collate(items, self.pad_id)  # noqa: E731
-        if shuffle and self.group_by_length:
-            batches = LengthGroupedBatches([item_length(x) for x in data], self.micro_batch_size, self.seed)
-            return DataLoader(data, batch_sampler=batches, collate_fn=collate)
-        if distributed.active():  # this rank's share (the loop's Trainer does not inject a sampler)
-            sampler = DistributedSampler(data, shuffle=shuffle, seed=self.seed, drop_last=shuffle)
-            return DataLoader(data, batch_size=self.micro_batch_size, sampler=sampler, collate_fn=collate)
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(data, batch_size=self.micro_batch_size, shuffle=shuffle, generator=generator, collate_fn=collate)
+    def _position(self) -> tuple[int, int]:
+        """(epoch, micro-batches of it this process already trained): Lightning's restored loop state."""
+        trainer = self.trainer
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        # Restored from an epoch-end checkpoint, the counter still holds the finished epoch's batches.
+        return trainer.current_epoch, 0 if done >= trainer.num_training_batches else done
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train, shuffle=True)
+        trainer = self.trainer
+        accumulate = trainer.accumulate_grad_batches if trainer is not None else 1
+        sampler = StepBatches(
+            [item_length(x) for x in self.train], [item_weight(x) for x in self.train], self.micro_batch_size, accumulate,
+            self.seed, self.group_by_length, position=self._position if trainer is not None else None,
+        )
+
+        def collate(tagged: list[tuple[Any, float]]) -> dict[str, torch.Tensor]:
+            batch = self.collate([item for item, _ in tagged], self.pad_id)
+            batch["step_weight"] = torch.tensor(tagged[0][1], dtype=torch.float32)
+            return batch
+
+        # Its own generator: building the iterator draws no number from the global RNG (dropout's).
+        return DataLoader(Tagged(self.train), batch_sampler=sampler, collate_fn=collate, generator=torch.Generator().manual_seed(self.seed))
 
     def val_dataloader(self) -> DataLoader | list:
-        return self._loader(self.val, shuffle=False) if self.val else []
+        if not self.val:
+            return []
+        collate = lambda items: self.collate(items, self.pad_id)  # noqa: E731
+        sampler = DistributedSampler(self.val, shuffle=False) if distributed.active() else None
+        return DataLoader(self.val, batch_size=self.micro_batch_size, sampler=sampler, collate_fn=collate,
+                          generator=torch.Generator().manual_seed(self.seed))
 
 
 def cap(items: Sequence[Any], limit: int | None, seed: int) -> list[Any]:

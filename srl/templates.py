@@ -24,6 +24,7 @@ import dataclasses
 import string
 from pathlib import Path
 
+from srl.records import read_text
 from srl.scoring import parse_rating, parse_score, parse_verdict
 
 PLACEHOLDERS = frozenset({"prompt", "response"})
@@ -278,7 +279,7 @@ def load_pairwise_template(name: str = "pairwise", path: str | None = None) -> P
         file = Path(path).expanduser()
         if not file.is_file():
             raise FileNotFoundError(f"pairwise template file not found: {file}")
-        return PairwiseTemplate(file.read_text(encoding="utf-8"), name=str(file))
+        return PairwiseTemplate(read_text(file), name=str(file))
     if name not in BUILTIN_PAIRWISE_TEMPLATES:
         raise ValueError(f"unknown built-in pairwise template '{name}'; choose one of {sorted(BUILTIN_PAIRWISE_TEMPLATES)} or set a path")
     return PairwiseTemplate(BUILTIN_PAIRWISE_TEMPLATES[name], name=name)
@@ -315,7 +316,7 @@ def load_judge_template(
         if not file.is_file():
             raise FileNotFoundError(f"judge template file not found: {file}")
         return JudgeTemplate(
-            file.read_text(encoding="utf-8"), name=str(file), min_score=0 if min_score is None else min_score,
+            read_text(file), name=str(file), min_score=0 if min_score is None else min_score,
             max_score=5 if max_score is None else max_score, answer=answer or "score", rubric=rubric or "additive",
         )
     if name not in BUILTIN_TEMPLATES:

@@ -62,7 +62,9 @@ class VLLMGenerator:
     """A vLLM engine over one saved model folder (weights and tokenizer), continuing token-id prompts.
 
     ``generation_config`` is the folder's (None without one), so ``srl.generation.stop_token_ids(
-    tokenizer, generator)`` finds the model's extra EOS ids as it does for a torch model.
+    tokenizer, generator)`` finds the model's extra EOS ids as it does for a torch model, and the
+    chat template's end-of-turn token from the tokenizer: the engine stops at exactly the ids srl
+    passes (``ignore_eos``), the same set as srl's own engine.
     """
 
     name = "vllm"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import tempfile
+from pathlib import Path
 import dataclasses
 import functools
 import math
@@ -20,6 +22,7 @@ from srl.dpo import (
 )
 from srl.losses import PREFERENCE_LOSSES, dpo_loss, sequence_logprobs
 from srl.sft import SFTDataModule
+from srl.steps import StageProgress
 
 PAIRS = [
     ("Name a primary colour.", "Red is a primary colour.", "I like turtles a lot."),
@@ -69,11 +72,16 @@ def batch_metrics(model, batch, beta):
 
 
 def fit(model, tok, pairs, settings):
+    """Trains; returns the trainer, with ``stage``: the stage statistics (steps.StageProgress)."""
+    progress = StageProgress(Path(tempfile.mkdtemp()), "m2/dpo", every_n_steps=0)
     trainer = L.Trainer(
         accelerator="cpu", max_epochs=settings.max_epochs, accumulate_grad_batches=settings.accumulate_grad_batches,
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+        callbacks=[progress],
     )
     trainer.fit(DPOModule(model, settings, metric_prefix="m2/dpo"), datamodule=SFTDataModule(pairs, [], settings.micro_batch_size, tok.pad_token_id, collate=collate_pairs))
+    trainer.stage = progress.summary()
+    assert len(progress.rows) == trainer.global_step  # a row per optimizer step
     return trainer
 
 
@@ -95,8 +103,12 @@ def test_dpo_training_lowers_loss_and_raises_accuracy(tiny):
     assert acc_after == 1.0
     assert any(not torch.equal(p, frozen[n]) for n, p in model.named_parameters())
     for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margin", "rewards/accuracy"):
-        assert f"m2/dpo/{key}" in trainer.callback_metrics
-    assert trainer.callback_metrics["m2/dpo/rewards/margin"] > 0
+        assert {f"m2/dpo/{key}_{s}" for s in ("mean", "first", "last")} <= trainer.stage.keys()
+    # Stage statistics over all steps: the first step starts at policy = reference (loss ln 2, margin 0).
+    assert abs(trainer.stage["m2/dpo/loss_first"] - 0.6931) < 1e-3
+    assert trainer.stage["m2/dpo/loss_last"] < trainer.stage["m2/dpo/loss_mean"] < trainer.stage["m2/dpo/loss_first"]
+    assert trainer.stage["m2/dpo/rewards/margin_last"] > 0
+    assert trainer.stage["m2/dpo/pairs"] == len(pairs) * settings.max_epochs
 
 
 def test_token_counts_are_the_label_counts_of_each_reply(tiny):
@@ -143,8 +155,8 @@ def test_every_preference_loss_trains(tiny, kind):
     if kind == "rpo":  # the NLL term pulls the chosen replies' likelihood up
         assert float(nll_after) < float(nll)
     assert any(not torch.equal(p, frozen[n]) for n, p in model.named_parameters())
-    assert ("m2/dpo/nll" in trainer.callback_metrics) == (kind == "rpo")
-    assert trainer.callback_metrics["m2/dpo/rewards/margin"] > 0
+    assert ("m2/dpo/nll_mean" in trainer.stage) == (kind == "rpo")
+    assert trainer.stage["m2/dpo/rewards/margin_last"] > 0
 
 
 @pytest.mark.parametrize("option, expected", [

@@ -62,3 +62,28 @@ def test_embedded_smollm2_conversion_matches_gguf(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=ids).logits, reference(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "smol").config.model_type == "llama"
+
+
+def test_pickle_weights_refused_unless_allowed(tiny, tmp_path):
+    # A folder holding only pytorch_model.bin (a pickle): refused with the flag named, loaded with it set.
+    folder = save_model(tiny[0], tiny[1], tmp_path / "m")
+    state = {k: v.clone() for k, v in tiny[0].state_dict().items()}
+    (folder / "model.safetensors").unlink()
+    torch.save(state, folder / "pytorch_model.bin")
+    with pytest.raises(OSError, match=r"pytorch_model\.bin.*model\.allow_pickle_weights=true"):
+        HFModelSpec(str(folder)).load()
+    model, _ = HFModelSpec(str(folder), allow_pickle_weights=True).load()
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, state[name], msg=name)
+    # A folder srl wrote holds safetensors only, and loads without the flag.
+    assert [p.name for p in save_model(tiny[0], tiny[1], tmp_path / "s").glob("*.bin")] == []
+    assert HFModelSpec(str(tmp_path / "s")).load()[0].training
+
+
+def test_hf_config_keeps_remote_code_and_pickles_off():
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(models.Path(models.__file__).parents[1] / "conf" / "model" / "hf.yaml")
+    assert cfg.trust_remote_code is False and cfg.allow_pickle_weights is False
+    spec = HFModelSpec("x")
+    assert spec.trust_remote_code is False and spec.allow_pickle_weights is False

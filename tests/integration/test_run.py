@@ -103,7 +103,7 @@ def test_second_run_skips_finished_stages(tmp_path):
     stamp = weights.stat().st_mtime_ns
     second = loop_for(tmp_path, "iteration.stop_after=m1").run()
     assert weights.stat().st_mtime_ns == stamp  # not retrained
-    assert second["m1/sft/loss"] == first["m1/sft/loss"]
+    assert second["m1/sft/loss_mean"] == first["m1/sft/loss_mean"]
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert set(manifest["stages"]) == {"data", "m1"}
 
@@ -304,7 +304,7 @@ def test_lora_run_trains_adapters_against_the_adapter_off_reference_and_saves_pl
     # One optimizer step over all pairs: its micro-batches saw the fresh adapter (B = 0), where the
     # policy is its reference, so every logged reward is 0 (a stored or wrong reference would not be).
     assert summary["m2/dpo/steps"] == 1
-    assert abs(summary["m2/dpo/rewards/chosen"]) < 1e-4 and abs(summary["m2/dpo/rewards/rejected"]) < 1e-4
+    assert abs(summary["m2/dpo/rewards/chosen_first"]) < 1e-4 and abs(summary["m2/dpo/rewards/rejected_first"]) < 1e-4
     m1 = AutoModelForCausalLM.from_pretrained(tmp_path / "m1" / "model").state_dict()
     m2 = AutoModelForCausalLM.from_pretrained(tmp_path / "m2" / "model").state_dict()
     assert not any("lora" in k for k in m2) and not (tmp_path / "m2" / "model" / "adapter_config.json").exists()
@@ -322,3 +322,50 @@ def test_lora_run_keeping_adapters_alone_chains_them_on_the_base(tmp_path):
     m2, _ = loop.spec_m(2).load()
     m1, _ = loop.spec_m(1).load()
     assert any(not torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+
+
+def kill_when(cmd: list[str], steps_file: Path, rows: int, log: Path) -> None:
+    """Start ``cmd`` and kill -9 it once ``steps_file`` has ``rows`` step rows (past a checkpoint)."""
+    import signal
+    import time
+
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 600
+        while proc.poll() is None and time.monotonic() < deadline:
+            if steps_file.is_file() and len(steps_file.read_text().splitlines()) > rows:
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.05)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {log.read_text()[-2000:]}"
+
+
+def test_kill_9_in_sft_and_in_dpo_resumes_from_their_checkpoints_to_the_same_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    # SFT: 7 steps an epoch x 8; DPO: 4 pairs, one a micro-batch, two a step, 6 epochs = 12 steps.
+    args = ["+experiment=smoke", "eval.in_loop=false", "iteration.stop_after=m2", "iteration.checkpoint_every_n_steps=2",
+            "dpo.batch_size=2", "dpo.micro_batch_size=1", "dpo.max_epochs=6"]
+    straight = run_cli("srl.run", *args, f"hydra.run.dir={tmp_path / 'straight'}")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    run_dir = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "srl.run", *args, f"hydra.run.dir={run_dir}"]
+    for stage, rows in (("m1", 9), ("m2", 5)):  # killed past step 9 of SFT, then past step 5 of DPO
+        kill_when(cmd, run_dir / stage / "train_steps.csv", rows, tmp_path / f"killed_{stage}.log")
+        assert (run_dir / stage / "checkpoints" / "last.ckpt").is_file()
+        assert not (run_dir / stage / "model").exists()
+        log = (tmp_path / f"killed_{stage}.log").read_text()
+        if stage == "m2":  # the rerun that was killed in DPO had resumed SFT first
+            assert "stage m1: resuming from checkpoint" in log
+    resumed = run_cli("srl.run", *args, f"hydra.run.dir={run_dir}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "stage m2: resuming from checkpoint" in resumed.stderr + resumed.stdout
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for stage, prefix in (("m1", "m1/sft"), ("m2", "m2/dpo")):
+        if stage == "m2":
+            assert 0 < summary[f"{prefix}/resumed_at_step"] < summary[f"{prefix}/steps"]
+        a, b = load_file(tmp_path / "straight" / stage / "model" / "model.safetensors"), load_file(run_dir / stage / "model" / "model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"{stage}: resumed weights differ from the uninterrupted run's"
+        assert (run_dir / stage / "train_steps.csv").read_text() == (tmp_path / "straight" / stage / "train_steps.csv").read_text()
+        assert not (run_dir / stage / "checkpoints").exists()  # removed once the stage finished

@@ -13,6 +13,7 @@ from srl.losses import sft_loss
 from srl.records import IFTExample
 from srl.schedules import warmup_cosine
 from srl.sft import SFTDataModule, SFTModule, SFTSettings, restore_dropout, set_dropout
+from srl.steps import StageProgress, read_steps
 
 PAIRS = [
     ("Name a primary colour.", "Red is a primary colour."),
@@ -40,7 +41,7 @@ def fixed_batch_loss(model, batch) -> float:
     return float(loss)
 
 
-def test_sft_changes_parameters_and_lowers_loss(tiny):
+def test_sft_changes_parameters_and_lowers_loss(tiny, tmp_path):
     model, tok = copy.deepcopy(tiny[0]), tiny[1]
     ift = [IFTExample(prompt=p, response=r, tree_id=str(i), message_id=str(i)) for i, (p, r) in enumerate(PAIRS)]
     encoded, counts = encode_sft(tok, ift, [], max_length=128)
@@ -51,9 +52,10 @@ def test_sft_changes_parameters_and_lowers_loss(tiny):
 
     s = settings()
     module = SFTModule(model, s, metric_prefix="m1/sft")
+    progress = StageProgress(tmp_path, "m1/sft", every_n_steps=0)
     trainer = L.Trainer(
         accelerator="cpu", max_epochs=s.max_epochs, accumulate_grad_batches=s.accumulate_grad_batches,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[progress],
     )
     trainer.fit(module, datamodule=SFTDataModule(encoded, [], s.micro_batch_size, tok.pad_token_id))
 
@@ -65,7 +67,10 @@ def test_sft_changes_parameters_and_lowers_loss(tiny):
     assert trainer.global_step == 8
     # The schedule ran: the last lr is near the floor (3e-4), well below the base (3e-3).
     assert trainer.optimizers[0].param_groups[0]["lr"] < 1e-3
-    assert trainer.callback_metrics["m1/sft/loss"] > 0
+    stage = progress.summary()
+    assert stage["m1/sft/loss_last"] < stage["m1/sft/loss_mean"] < stage["m1/sft/loss_first"]
+    assert stage["m1/sft/target_tokens"] == s.max_epochs * sum(e.num_target_tokens for e in encoded)
+    assert [r["step"] for r in read_steps(tmp_path / "train_steps.csv")] == list(range(1, 9))
 
 
 def test_set_dropout_reaches_attention_and_restores(tiny):

@@ -32,6 +32,15 @@ def test_labels_mask_exactly_the_prompt_tokens(tiny_tokenizer):
     assert reply_ids[-2] == tok.convert_tokens_to_ids("<|im_end|>")
 
 
+def test_a_reply_cut_at_max_new_tokens_gets_no_end_of_turn(tiny_tokenizer):
+    tok = tiny_tokenizer
+    cut, _ = encode_example(tok, "hi", "Hello there and", max_length=256, finished=False)
+    whole, _ = encode_example(tok, "hi", "Hello there and", max_length=256)
+    assert tok.decode([t for t in cut.labels if t != IGNORE_INDEX]) == "Hello there and"
+    assert tok.decode([t for t in whole.labels if t != IGNORE_INDEX]) == "Hello there and<|im_end|>\n"
+    assert tok.convert_tokens_to_ids("<|im_end|>") not in cut.input_ids[-3:]
+
+
 def test_long_examples_are_truncated_or_skipped(tiny_tokenizer):
     tok = tiny_tokenizer
     prompt_len = len(tok("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)["input_ids"])

@@ -94,3 +94,29 @@ def test_reference_from_srl_replies_file(tmp_path):
     prompts = load_prompt_set(PromptSetSettings("heldout"), [IFTExample("Q2", "", "t", "b")])
     found, missing = read_reference(path, prompts)
     assert missing == 0 and found["oasst_b"].response == "R"
+
+
+def test_prompt_set_not_utf8_or_empty(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(b'{"prompt": "fine"}\n{"prompt": "na\xefve"}\n')  # latin-1 byte, not UTF-8
+    # line 1 is 19 bytes with its newline, then 14 bytes of line 2 before 0xef: column 15, offset 33
+    with pytest.raises(RecordError, match=rf"{path}:2: not UTF-8 text \(byte 0xef at column 15, byte offset 33 "):
+        load_prompt_set(PromptSetSettings("jsonl", str(path)))
+    for kind in ("jsonl", "mt_bench", "self_instruct"):
+        path.write_text("\n  \n")  # blank lines only: no rows
+        with pytest.raises(RecordError, match=rf"{path}: no rows \(an empty {kind} prompt set\)"):
+            load_prompt_set(PromptSetSettings(kind, str(path)))
+
+
+def test_reference_file_not_utf8_empty_or_broken(tmp_path):
+    prompts = load_prompt_set(PromptSetSettings("heldout"), [IFTExample("Q2", "", "t", "b")])
+    path = tmp_path / "ref.json"
+    path.write_bytes(b'[\n{"instruction": "Q2", "output": "\xe9"}\n]\n')
+    with pytest.raises(RecordError, match=rf"{path}:2: not UTF-8"):
+        read_reference(path, prompts)
+    path.write_text('[\n{"instruction": "Q2", "output": "x"},\n]\n')  # trailing comma
+    with pytest.raises(RecordError, match=rf"{path}:3: not valid JSON"):
+        read_reference(path, prompts)
+    path.write_text("")
+    with pytest.raises(RecordError, match=rf"{path}: no rows"):
+        read_reference(path, prompts)

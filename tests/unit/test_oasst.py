@@ -307,7 +307,7 @@ def test_build_writes_all_files(tmp_path, template):
 
 def test_duplicate_message_ids_rejected():
     rows = [root("P"), row("X", "P", "P", rank=0), row("X", "P", "P", rank=1)]
-    with pytest.raises(RecordError, match="X"):
+    with pytest.raises(RecordError, match="table:3: field .message_id. .X. repeats the one at table:2"):
         first_turns(_msgs(rows))
 
 
@@ -640,3 +640,102 @@ def test_embedded_seed_data(template):
     assert len(res.ift_train) + len(res.ift_heldout) == sum(t.replies[0].rank == 0 for t in turns)
     assert len(res.eft_train) == sum(len(t.replies) for t in turns if t.prompt.tree_id not in heldout)
     assert len(heldout) == round(0.2 * len(turns))
+
+
+# --------------------------------------------------------------------------- bad input (issue 14)
+
+
+def _write_table(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_not_utf8_names_file_line_and_offset(tmp_path):
+    rows = hand_table()[:4]
+    p = _write_table(tmp_path / "oasst.jsonl", rows)
+    lines = p.read_bytes().split(b"\n")
+    lines[2] = lines[2].replace(b"text of A1", b"text of A\xe91")  # cp1252 'é' on line 3
+    p.write_bytes(b"\n".join(lines))
+    offset = len(lines[0]) + len(lines[1]) + 2 + lines[2].index(b"\xe9")
+    with pytest.raises(RecordError) as exc:
+        load_local(p)
+    assert str(exc.value).startswith(f"{p}:3: not UTF-8") and f"byte offset {offset} " in str(exc.value)
+    j = tmp_path / "oasst.json"
+    j.write_bytes(b"[\n" + json.dumps(rows[0]).encode() + b",\n" + lines[2] + b"\n]\n")
+    with pytest.raises(RecordError, match=rf"{j}:3: not UTF-8"):
+        load_local(j)
+
+
+@pytest.mark.parametrize("content", ["", "\n\n  \n"])
+def test_empty_source_is_an_error(tmp_path, content):
+    p = tmp_path / "oasst.jsonl"
+    p.write_text(content, encoding="utf-8")
+    with pytest.raises(RecordError, match=rf"{p}: no rows \(an empty oasst1 source\)"):
+        load_local(p)
+    j = tmp_path / "oasst.json"
+    j.write_text("[]", encoding="utf-8")
+    with pytest.raises(RecordError, match=rf"{j}: no rows"):
+        load_local(j)
+
+
+def test_source_without_usable_rows_is_an_error(tmp_path):
+    rows = [dict(r, deleted=True) if i % 2 else dict(r, review_result=None) for i, r in enumerate(hand_table())]
+    p = _write_table(tmp_path / "oasst.jsonl", rows)
+    with pytest.raises(RecordError, match=rf"{p}: no usable rows \(all 28 messages are deleted, synthetic or did not pass review\)"):
+        load_local(p)
+
+
+def test_no_usable_first_turn_in_language_is_an_error(tmp_path, template):
+    # usable rows, but every first-turn prompt is German: nothing to build, said before any model work
+    p = _write_table(tmp_path / "oasst.jsonl", [root("D", lang="de"), row("D0", "D", "D", rank=0, lang="de")])
+    with pytest.raises(RecordError) as exc:
+        build(load_local(p), BuildSettings(), template)
+    assert "no usable first-turn prompt in language 'en'" in str(exc.value) and f"{p}:1" in str(exc.value)
+    assert "'roots_other_language': 1" in str(exc.value)
+
+
+@pytest.mark.parametrize("rank", [-1, -7])
+def test_negative_rank_names_file_line_field(tmp_path, rank):
+    p = _write_table(tmp_path / "oasst.jsonl", [root("P"), row("A", "P", "P", rank=0), row("B", "P", "P", rank=rank)])
+    with pytest.raises(RecordError) as exc:
+        load_local(p)
+    assert str(exc.value).startswith(f"{p}:3: field 'rank' is {rank}")
+
+
+def test_tied_ranks_skip_the_prompt_counted_and_logged(tmp_path, template, caplog):
+    rows = hand_table() + [
+        root("PT"),  # line 29: rank 0 shared by two usable replies -> no IFT best reply, no order
+        row("T0", "PT", "PT", rank=0), row("T0b", "PT", "PT", rank=0), row("T1", "PT", "PT", rank=1),
+        root("PU"),  # a tie at rank 1 between a usable and a deleted reply orders the usable ones: kept
+        row("U0", "PU", "PU", rank=0), row("U1", "PU", "PU", rank=1), row("U1d", "PU", "PU", rank=1, deleted=True),
+    ]
+    p = _write_table(tmp_path / "oasst.jsonl", rows)
+    with caplog.at_level("WARNING", logger="srl.oasst"):
+        res = build(load_local(p), BuildSettings(heldout_fraction=0.0), template)
+    assert res.counts["prompts_skipped_tied_ranks"] == 1
+    assert "PT" not in {e.tree_id for e in res.ift_train} | {e.tree_id for e in res.eft_train}
+    assert [e.message_id for e in res.ift_train if e.tree_id == "PU"] == ["U0"]
+    assert [e.human_rank for e in res.eft_train if e.tree_id == "PU"] == [0, 1]
+    assert res.counts["first_turn_prompts"] == 4  # P1, P8, P9, PU
+    assert any("share a rank" in r.getMessage() and f"{p}:29" in r.getMessage() for r in caplog.records)
+
+
+def test_empty_texts_are_counted_skips(tmp_path, template, caplog):
+    rows = hand_table() + [
+        root("PE"),  # line 29; its rank-0 reply (line 30) is blank: no IFT example, one reply left: no group
+        row("E0", "PE", "PE", rank=0, text=" \n\t"), row("E1", "PE", "PE", rank=1),
+        root("PB", text="   "),  # line 32: a blank prompt gives nothing
+        row("G0", "PB", "PB", rank=0), row("G1", "PB", "PB", rank=1),
+        root("PF"),  # a blank reply in the middle of a group: the group keeps the other two
+        row("F0", "PF", "PF", rank=0), row("F1", "PF", "PF", rank=1, text=""), row("F2", "PF", "PF", rank=2),
+    ]
+    p = _write_table(tmp_path / "oasst.jsonl", rows)
+    with caplog.at_level("WARNING", logger="srl.oasst"):
+        res = build(load_local(p), BuildSettings(heldout_fraction=0.0), template)
+    assert res.counts["replies_skipped_empty_text"] == 2 and res.counts["roots_empty_text"] == 1
+    assert all(e.response.strip() and e.prompt.strip() for e in res.ift_train + res.eft_train)
+    assert not {"PE", "PB"} & {e.tree_id for e in res.ift_train + res.eft_train}
+    assert [e.human_rank for e in res.eft_train if e.tree_id == "PF"] == [0, 2]
+    assert res.counts["ift_skipped_no_usable_rank0"] == 2  # P9 (deleted rank 0) and PE (blank rank 0)
+    message = next(r.getMessage() for r in caplog.records if "empty" in r.getMessage())
+    assert "skipped 3 empty" in message and f"{p}:30" in message and f"{p}:32" in message

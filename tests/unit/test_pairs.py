@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import random
 
 import pytest
@@ -198,6 +199,74 @@ def test_every_rule_drops_ties_and_unscored(rule):
     assert (counts["dropped/all_tied"], counts["dropped/fewer_than_two_scored"], counts["kept"], counts["prompts"]) == (1, 1, 0, 2)
 
 
+# --- truncated replies (pairs.truncated) --------------------------------------------------------
+
+
+def truncated_case():
+    """a: scores [5 cut, 4, 3, 1 cut]; b: [5 cut, 2]; c: [2, 1], all finished. 3 truncated replies."""
+    candidates = cands("a", 4) + cands("b", 2) + cands("c", 2)
+    cut = {("a", 0), ("a", 3), ("b", 0)}
+    candidates = [dataclasses.replace(c, finished=(c.prompt_id, c.candidate) not in cut) for c in candidates]
+    judgements = judged("a", [5.0, 4.0, 3.0, 1.0]) + judged("b", [5.0, 2.0]) + judged("c", [2.0, 1.0])
+    return candidates, judgements
+
+
+# By hand, per policy. not_chosen: a's top (0, cut) cannot be chosen -> the next best 1 (4.0), against
+# the lowest of all, 3 (1.0, cut); b's only finished reply (2.0) has nothing scored below it -> dropped.
+# exclude: a is 1 (4.0) vs 2 (3.0) among finished replies only; b dropped. allow: the pairs as if finished.
+TRUNCATED_EXPECTED = {
+    "not_chosen": ({"a": (1, 3, 4.0, 1.0), "c": (0, 1, 2.0, 1.0)}, {"chosen_truncated": 0, "rejected_truncated": 1, "dropped/truncated": 1}),
+    "exclude": ({"a": (1, 2, 4.0, 3.0), "c": (0, 1, 2.0, 1.0)}, {"chosen_truncated": 0, "rejected_truncated": 0, "dropped/truncated": 1}),
+    "allow": ({"a": (0, 3, 5.0, 1.0), "b": (0, 1, 5.0, 2.0), "c": (0, 1, 2.0, 1.0)},
+              {"chosen_truncated": 2, "rejected_truncated": 1, "dropped/truncated": 0}),
+}
+
+
+@pytest.mark.parametrize("rule", ["max_min", "length_controlled"])
+@pytest.mark.parametrize("policy", sorted(TRUNCATED_EXPECTED))
+def test_truncated_policy_by_hand(rule, policy):
+    # length_controlled (rho 0.25) gives max_min's pairs here; not_chosen: hi 4 (finished), lo 1,
+    # top tier >= 3.25 -> {1}, bottom <= 1.75 -> {3}; exclude: hi 4, lo 3 -> {1} vs {2}; allow: top
+    # tier >= 4 -> {0, 1}, equal lengths -> 0, bottom <= 2 -> {3}.
+    candidates, judgements = truncated_case()
+    pairs, counts = select_pairs(candidates, judgements, PairSettings(rule=rule, truncated=policy))
+    expected_pairs, expected_counts = TRUNCATED_EXPECTED[policy]
+    assert picked(pairs) == expected_pairs
+    assert {k: counts[k] for k in expected_counts} == expected_counts
+    assert counts["truncated_candidates"] == 3 and counts["kept"] == len(expected_pairs) and counts["prompts"] == 3
+
+
+def test_truncated_default_is_not_chosen():
+    pairs, counts = select_pairs(*truncated_case())  # the truncated top reply of a is not chosen
+    assert picked(pairs) == TRUNCATED_EXPECTED["not_chosen"][0] and counts["dropped/truncated"] == 1
+    assert PairSettings().truncated == "not_chosen"
+
+
+@pytest.mark.parametrize("policy", sorted(TRUNCATED_EXPECTED))
+def test_truncated_policy_max_random(policy):
+    # a under not_chosen: chosen 1 (4.0, the best finished), the draw over the replies scored below
+    # 4.0 -> {2, 3} (3 is cut: it may be rejected); exclude: {2} only; allow: chosen 0, draw over {1, 2, 3}.
+    candidates, judgements = truncated_case()
+    pairs, counts = select_pairs(candidates, judgements, PairSettings(rule="max_random", seed=5, truncated=policy), iteration=1)
+    rng = random.Random(derive_seed(5, 1, "pairs", "a"))
+    scores = [5.0, 4.0, 3.0, 1.0]
+    chosen, lower = {"not_chosen": (1, [2, 3]), "exclude": (1, [2]), "allow": (0, [1, 2, 3])}[policy]
+    rejected = rng.choice(lower)
+    assert picked(pairs)["a"] == (chosen, rejected, scores[chosen], scores[rejected])
+    assert ("b" in picked(pairs)) == (policy == "allow")
+    assert counts["dropped/truncated"] == (0 if policy == "allow" else 1)
+    assert counts["rejected_truncated"] == sum(1 for _, r, _, _ in pairs if not r.finished)
+
+
+def test_truncated_policy_drops_only_prompts_it_empties():
+    # Only cut replies scored, or one finished reply at the bottom: no pair under exclude or not_chosen.
+    candidates = [dataclasses.replace(c, finished=c.candidate == 2) for c in cands("a", 3)]
+    judgements = judged("a", [4.0, 3.0, 1.0])
+    for policy, kept in (("not_chosen", 0), ("exclude", 0), ("allow", 1)):
+        pairs, counts = select_pairs(candidates, judgements, PairSettings(truncated=policy))
+        assert (len(pairs), counts["dropped/truncated"], counts["truncated_candidates"]) == (kept, 1 - kept, 2)
+
+
 # --- settings ---------------------------------------------------------------------------------
 
 
@@ -208,6 +277,7 @@ def test_every_rule_drops_ties_and_unscored(rule):
         ({"length_tier": 0.5}, "pairs.length_tier=0.5 must be in [0, 0.5)"),
         ({"length_tier": -0.1}, "pairs.length_tier=-0.1 must be in [0, 0.5)"),
         ({"min_margin": -1.0}, "pairs.min_margin=-1.0 must be >= 0"),
+        ({"truncated": "drop"}, "pairs.truncated='drop' is not a truncation policy; choose one of ['not_chosen', 'exclude', 'allow']"),
     ],
 )
 def test_settings_validation(kwargs, message):

@@ -13,6 +13,7 @@ from srl.records import (
     RankedPrompt,
     RecordError,
     read_jsonl,
+    read_text,
     write_json,
     write_jsonl,
 )
@@ -213,3 +214,27 @@ def test_line_that_is_not_an_object(tmp_path):
     _write_lines(path, [json.dumps(_ift_dict()), json.dumps(["p", "r", "t", "m"])])
     with pytest.raises(RecordError, match=rf"{path}:2"):
         read_jsonl(path, IFTExample)
+
+
+# --------------------------------------------------------------------------- bytes that are not UTF-8
+
+
+def test_non_utf8_line_names_file_line_and_byte_offset(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    good = (json.dumps(_ift_dict()) + "\n").encode("utf-8")
+    bad = '{"prompt": "caf\xe9", "response": "r", "tree_id": "t", "message_id": "m"}\n'.encode("latin-1")
+    path.write_bytes(good + good + bad)
+    with pytest.raises(RecordError) as exc:
+        read_jsonl(path, IFTExample)
+    # byte 0xe9 is the 15th byte of line 3 ('{"prompt": "caf' is 15 bytes): column 16, offset 2 * len(good) + 15
+    assert str(exc.value).startswith(f"{path}:3: not UTF-8")
+    assert "0xe9" in str(exc.value) and "column 16" in str(exc.value) and f"byte offset {2 * len(good) + 15}" in str(exc.value)
+
+
+def test_read_text_not_utf8_names_line(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_bytes(b"line one\nline two\n\xff\xfe three\n")
+    with pytest.raises(RecordError, match=rf"{path}:3: not UTF-8 text \(byte 0xff at column 1, byte offset 18 "):
+        read_text(path)
+    path.write_text("ünïcode ✓\n", encoding="utf-8")
+    assert read_text(path) == "ünïcode ✓\n"

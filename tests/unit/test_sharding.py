@@ -8,7 +8,7 @@ import pytest
 
 from srl import distributed
 from srl.loop import SelfRewardingLoop
-from srl.sft import LengthGroupedBatches
+from srl.batching import StepBatches
 
 
 def as_rank(monkeypatch, rank: int, world: int) -> None:
@@ -41,17 +41,20 @@ def test_one_process_runs_everything_in_order():
     assert distributed.on_main(lambda: 7) == 7 and distributed.broadcast("v") == "v"
 
 
-def test_length_grouped_batches_split_evenly_over_ranks(monkeypatch):
+def test_step_batches_split_evenly_over_ranks_with_global_step_weights(monkeypatch):
     lengths = [5, 9, 3, 7, 1, 8, 2, 6, 4, 10, 11]  # 11 items, micro-batch 2 -> 6 batches
+    weights = [float(x) for x in lengths]
     per_rank = []
     for r in range(2):
         as_rank(monkeypatch, r, 2)
-        sampler = LengthGroupedBatches(lengths, batch_size=2, seed=3)
+        sampler = StepBatches(lengths, weights, micro_batch_size=2, accumulate=3, seed=3)
         batches = list(iter(sampler))
         assert len(batches) == len(sampler) == 3  # DDP ranks must step together
         per_rank.append(batches)
-    items = [i for batches in per_rank for b in batches for i in b]
+    items = [i for batches in per_rank for b in batches for i, _ in b]
     assert len(items) == len(set(items)) == 11  # disjoint; 6 batches divide evenly, none left out
+    # One optimizer step (3 micro-batches on each of 2 ranks): every item carries the global total.
+    assert {w for batches in per_rank for b in batches for _, w in b} == {sum(weights)}
 
 
 def test_global_batch_is_split_over_processes(monkeypatch):

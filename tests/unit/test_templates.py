@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from srl.records import RecordError
 from srl.scoring import parse_score
 from srl.templates import (
     ADDITIVE_5POINT,
@@ -11,6 +12,7 @@ from srl.templates import (
     CRITERIA_UNMET,
     JudgeTemplate,
     load_judge_template,
+    load_pairwise_template,
     render_judge_target,
     rubric_justification,
     validate_placeholders,
@@ -182,3 +184,13 @@ def test_rubric_justification_names_met_criteria_and_first_miss(score):
 def test_rubric_justification_out_of_range(score):
     with pytest.raises(ValueError):
         rubric_justification(score)
+
+
+def test_user_template_not_utf8_names_file_and_line(tmp_path):
+    f = tmp_path / "judge.txt"
+    f.write_bytes("Rate {response}\nfor {prompt}.\nCaf\xe9 rules.\n".encode("cp1252"))
+    with pytest.raises(RecordError) as exc:
+        load_judge_template(path=str(f))
+    assert str(exc.value).startswith(f"{f}:3: not UTF-8") and "0xe9" in str(exc.value)
+    with pytest.raises(RecordError, match=rf"{f}:3: not UTF-8"):
+        load_pairwise_template(path=str(f))
