@@ -216,7 +216,9 @@ register_resolvers()
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> dict[str, Any]:
     from srl.run import build_logger, close_logger
+    from srl.validation import validate_config
 
+    validate_config(cfg)  # before any model loads (srl/validation.py)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     settings: EvalSettings = instantiate(cfg.eval)
     judge = instantiate(cfg.judge)

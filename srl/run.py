@@ -24,6 +24,7 @@ from srl.config import CONF_DIR, register_resolvers
 from srl.loop import DataSettings, SelfRewardingLoop, stage_names
 from srl.models import config_fingerprint
 from srl.tracking import Tracker, run_identity
+from srl.validation import validate_config
 
 log = logging.getLogger("srl")
 
@@ -132,7 +133,8 @@ def build_loop(cfg: DictConfig, run_dir: Path) -> SelfRewardingLoop:
 
 
 def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
-    shown = ("/loss", "/val_loss", "/val_loss_before", "/steps", "/acceptance_rate", "/parse_fail_rate", "/mean_score", "/kept", "/mean_margin", "/rewards/accuracy", "/tokens_mean")
+    shown = ("/loss_first", "/loss_mean", "/loss_last", "/val_loss", "/val_loss_before", "/steps", "/resumed_at_step",
+             "/rewards/accuracy_mean", "/rewards/margin_mean", "/acceptance_rate", "/parse_fail_rate", "/mean_score", "/kept", "/mean_margin", "/tokens_mean")
     keys = [k for k in summary if k.endswith(shown) or k in ("data/ift_train", "data/eft_train", "data/trees_heldout")]
     lines = [f"  {k:<36} {summary[k]:.4g}" if isinstance(summary[k], float) else f"  {k:<36} {summary[k]}" for k in sorted(keys)]
     table = run_dir / "eval" / "table.md"
@@ -168,6 +170,7 @@ def relaunch(cfg: DictConfig, nproc: int) -> int:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> dict[str, Any] | None:
+    validate_config(cfg)  # a wrong type, unknown key, missing value or out-of-range value stops here, before any work
     if distributed.launched_world_size() == 1 and processes_wanted(cfg) > 1:
         code = relaunch(cfg, processes_wanted(cfg))
         if code:
