@@ -13,8 +13,13 @@ listed as failed, never dropped. Written to ``--out`` (default: the multirun dir
 - ``compare.md``: the command, the common overrides and a table, one row per job: job number,
   one column per swept key, status, then metric columns (``default_columns`` or ``--metrics``).
 - ``compare.csv`` and ``compare.json``: every numeric metric of every job.
-- ``judge_quality.png``, ``by_iteration.png``, ``pairs.png``, ``training.png`` where the metrics
-  exist (srl/compare_plots.py).
+- ``judge_quality.png``, ``by_iteration.png``, ``pairs.png`` where the metrics exist, and
+  ``training.png``: per-step curves from each job's ``m{t}/train_steps.csv`` (srl/compare_plots.py).
+
+A training stage reports stage statistics over its optimizer steps: ``m{t}/dpo/loss_mean``,
+``_first`` and ``_last`` (likewise ``rewards/accuracy``, ``rewards/margin``, ``m1/sft/loss_*``);
+summaries written before that hold a plain ``m{t}/dpo/loss``, which the default table does not
+show (pick it with ``--metrics``).
 
 ``time/total_s`` is added to each job: the sum of its ``time/<stage>_s`` (seconds).
 """
@@ -159,7 +164,7 @@ def label_jobs(jobs: list[Job]) -> tuple[list[str], list[str]]:
 def default_columns(jobs: Sequence[Job]) -> list[str]:
     """The curated table columns, in the order of the loop, kept where at least one job has them:
     M1's SFT val loss; per iteration t the judge parse-fail rate, pairs kept and mean margin and
-    M_{t+1}'s DPO loss; for M1 and the last evaluated model M_T judge pairwise accuracy, judge
+    M_{t+1}'s DPO loss (mean over its optimizer steps, ``m{t+1}/dpo/loss_mean``); for M1 and the last evaluated model M_T judge pairwise accuracy, judge
     parse-fail rate, head-to-head win rate and reply words; total time."""
     keys = {k for j in jobs for k in j.metrics}
 
@@ -168,7 +173,7 @@ def default_columns(jobs: Sequence[Job]) -> list[str]:
 
     wanted = ["m1/sft/val_loss"]
     for t in sorted(set(found(r"iter(\d+)/")) | {m - 1 for m in found(r"m(\d+)/dpo/")}):
-        wanted += [f"iter{t}/judge/parse_fail_rate", f"iter{t}/pairs/kept", f"iter{t}/pairs/mean_margin", f"m{t + 1}/dpo/loss"]
+        wanted += [f"iter{t}/judge/parse_fail_rate", f"iter{t}/pairs/kept", f"iter{t}/pairs/mean_margin", f"m{t + 1}/dpo/loss_mean"]
     evaluated = found(r"eval/m(\d+)/")
     for m in [t for t in evaluated if t == 1 or t == evaluated[-1]]:
         wanted += [f"eval/m{m}/rm/pairwise_acc", f"eval/m{m}/rm/parse_fail_rate", f"eval/m{m}/h2h/win_rate", f"eval/m{m}/h2h/len_words_model"]
@@ -248,7 +253,8 @@ def compare(multirun_dir: str | Path, out_dir: str | Path | None = None, metrics
     columns = select_columns(jobs, metrics) if metrics else default_columns(jobs)
     out = Path(out_dir) if out_dir is not None else root
     out.mkdir(parents=True, exist_ok=True)
-    plots = write_plots([(j.label, j.metrics) for j in jobs if j.metrics], out)
+    # Failed jobs too: the steps a crashed stage finished are in its train_steps.csv.
+    plots = write_plots([(j.label, j.metrics) for j in jobs if j.metrics], out, [(j.label, j.path) for j in jobs])
     atomic_write_text(out / "compare.md", render_markdown(root, jobs, common, swept, columns, plots))
     atomic_write_text(out / "compare.csv", render_csv(jobs, swept))
     record = {
@@ -264,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m srl.compare", description="Compare the jobs of a Hydra multirun (python -m srl.run -m ...).")
     parser.add_argument("multirun_dir", type=Path, help="the sweep dir: one <job num>/ subdirectory per job")
     parser.add_argument("--out", type=Path, default=None, help="where to write compare.md/.csv/.json and PNGs (default: the multirun dir)")
-    parser.add_argument("--metrics", nargs="+", default=None, metavar="KEY", help="table columns instead of the default: exact names or globs, e.g. 'iter*/pairs/kept'")
+    parser.add_argument("--metrics", nargs="+", default=None, metavar="KEY", help="table columns instead of the default: exact names or globs, e.g. 'iter*/pairs/kept' 'm*/dpo/loss_*'")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -1,13 +1,17 @@
 """Plots of a multirun comparison (srl/compare.py): one PNG per question, from each job's metrics.
 
-Every function takes ``runs``, a list of (job label, numeric metrics of that job's summary.json),
-and returns a ``matplotlib.figure.Figure``, or None when no job has the metrics it plots (then no
-file is written). ``write_plots`` saves the figures and closes them. Model M_t's metrics are named
-``eval/m{t}/...`` and ``m{t}/dpo/...``; iteration t's ``iter{t}/...`` (DESIGN.md rule 7).
+The summary plots take ``runs``, a list of (job label, numeric metrics of that job's summary.json);
+``training`` takes ``dirs``, a list of (job label, job's run dir), and plots the per-step rows of
+each training stage (``<run dir>/m{t}/train_steps.csv``, written by srl/steps.py). Each returns a
+``matplotlib.figure.Figure``, or None when no job has what it plots (then no file is written).
+``write_plots`` saves the figures and closes them. Model M_t's metrics are named ``eval/m{t}/...``
+and ``m{t}/dpo/...``; iteration t's ``iter{t}/...`` (DESIGN.md rule 7).
 """
 
 from __future__ import annotations
 
+import csv
+import logging
 import math
 import os
 import re
@@ -22,6 +26,13 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 Runs = Sequence[tuple[str, dict[str, float]]]
+Dirs = Sequence[tuple[str, Path]]
+
+# srl.steps.STEPS_FILE; read here with csv, not srl.steps, which would load torch and lightning.
+STEPS_FILE = "train_steps.csv"
+FLAT_SPAN = 1e-6  # a panel whose values span less than this is drawn as a flat line
+
+log = logging.getLogger("srl.compare")
 
 
 def indices(runs: Runs, template: str) -> list[int]:
@@ -109,13 +120,6 @@ def pairs(runs: Runs) -> Figure | None:
     return fig
 
 
-def training(runs: Runs) -> Figure | None:
-    """DPO loss and reward accuracy of each trained model M_t (t >= 2), one line per job."""
-    panels = (("m{t}/dpo/loss", "DPO loss", "DPO loss"),
-              ("m{t}/dpo/rewards/accuracy", "reward accuracy", "Chosen reward > rejected reward"))
-    return _line_panels(runs, panels, "DPO training by model")
-
-
 def _line_panels(runs: Runs, panels: Sequence[tuple[str, str, str]], title: str) -> Figure | None:
     """Two panels of (metric template over model index t, y label, title), a line per job."""
     models = sorted({t for template, _, _ in panels for t in indices(runs, template)})
@@ -131,19 +135,90 @@ def _line_panels(runs: Runs, panels: Sequence[tuple[str, str, str]], title: str)
     return fig
 
 
+def read_steps(path: Path) -> list[dict[str, float]]:
+    """The rows of a train_steps.csv (srl.steps.write_steps): column -> value, empty cells left out."""
+    with path.open(encoding="utf-8", newline="") as f:
+        return [{k: float(v) for k, v in row.items() if k and v not in ("", None)} for row in csv.DictReader(f)]
+
+
+def stage_steps(run_dir: Path) -> list[tuple[int, str, list[dict[str, float]]]]:
+    """(t, kind, rows) for each training stage folder ``m{t}`` of a run dir holding train_steps.csv,
+    ordered by t; kind is "DPO" when the rows hold reward statistics, else "SFT"."""
+    stages = []
+    for folder in Path(run_dir).glob("m*"):
+        match = re.fullmatch(r"m(\d+)", folder.name)
+        if not match or not (folder / STEPS_FILE).is_file():
+            continue
+        try:
+            rows = read_steps(folder / STEPS_FILE)
+        except (OSError, UnicodeDecodeError, ValueError, csv.Error) as err:  # one bad file must not stop the comparison
+            log.warning("%s: not plotted, not a readable table of numbers (%s)", folder / STEPS_FILE, err)
+            continue
+        if rows:
+            kind = "DPO" if any(k.startswith("rewards/") for r in rows for k in r) else "SFT"
+            stages.append((int(match.group(1)), kind, rows))
+    return sorted(stages, key=lambda stage: stage[0])
+
+
+def _plain_y(ax: Axes, values: Sequence[float]) -> None:
+    """Y ticks as plain numbers (no offset such as "+6.931e-1", which draws 1e-7 noise as a curve);
+    a flat series gets a range of +-5% around it (at least +-0.05) so it looks flat."""
+    ax.ticklabel_format(useOffset=False, style="plain", axis="y")
+    finite = [v for v in values if math.isfinite(v)]
+    if finite and max(finite) - min(finite) < FLAT_SPAN:
+        mid = (max(finite) + min(finite)) / 2
+        pad = 0.05 * max(abs(mid), 1.0)
+        ax.set_ylim(mid - pad, mid + pad)
+
+
+def training(dirs: Dirs) -> Figure | None:
+    """Per-step training curves, one line per job and stage (x: optimizer step; y: the step's mean
+    over its effective batch): DPO loss and reward accuracy (chosen reward > rejected) of each
+    M_t (t >= 2), and M1's SFT loss. Panels without data are left out."""
+    panels = (("DPO", "loss", "DPO loss", "DPO loss"),
+              ("DPO", "rewards/accuracy", "reward accuracy", "Chosen reward > rejected reward"),
+              ("SFT", "loss", "SFT loss", "SFT loss"))
+    stages = [(f"{label} · M{t} {kind}", kind, rows) for label, path in dirs for t, kind, rows in stage_steps(path)]
+    color = {name: f"C{i % 10}" for i, (name, _, _) in enumerate(stages)}  # one colour per series, in every panel
+    drawn = []
+    for kind, stat, ylabel, title in panels:
+        lines = [(name, [r["step"] for r in have], [r[stat] for r in have])
+                 for name, stage_kind, rows in stages if stage_kind == kind
+                 if (have := [r for r in rows if stat in r and "step" in r])]
+        if lines:
+            drawn.append((lines, ylabel, title))
+    if not drawn:
+        return None
+    fig, axes = plt.subplots(1, len(drawn), figsize=(5.0 * len(drawn) + 3.0, 4.5), layout="constrained", squeeze=False)
+    for ax, (lines, ylabel, title) in zip(axes[0], drawn):
+        for name, xs, ys in lines:
+            ax.plot(xs, ys, color=color[name], marker="o" if len(xs) <= 20 else None, label=name)
+        ax.set(xlabel="optimizer step", ylabel=ylabel, title=title)
+        _plain_y(ax, [y for _, _, ys in lines for y in ys])
+    handles = {}
+    for ax in axes[0]:
+        handles.update({label: handle for handle, label in zip(*ax.get_legend_handles_labels()) if label not in handles})
+    fig.legend(list(handles.values()), list(handles), title="job · stage", loc="outside right upper")
+    fig.suptitle("Training per optimizer step")
+    return fig
+
+
 PLOTS: dict[str, Callable[[Runs], Figure | None]] = {
     "judge_quality.png": judge_quality,
     "by_iteration.png": by_iteration,
     "pairs.png": pairs,
-    "training.png": training,
 }
+STEP_PLOTS: dict[str, Callable[[Dirs], Figure | None]] = {"training.png": training}
 
 
-def write_plots(runs: Runs, out_dir: Path) -> list[Path]:
-    """Save every plot that has data into ``out_dir`` (temporary name, then rename); returns the paths."""
+def write_plots(runs: Runs, out_dir: Path, dirs: Dirs = ()) -> list[Path]:
+    """Save every plot that has data into ``out_dir`` (temporary name, then rename); returns the paths.
+    ``runs`` feed the summary plots (PLOTS), ``dirs`` the per-step ones (STEP_PLOTS)."""
     written = []
-    for name, plot in PLOTS.items():
-        fig = plot(runs)
+    plots = [(name, lambda plot=plot: plot(runs)) for name, plot in PLOTS.items()]
+    plots += [(name, lambda plot=plot: plot(dirs)) for name, plot in STEP_PLOTS.items()]
+    for name, draw in plots:
+        fig = draw()
         if fig is None:
             continue
         path, tmp = out_dir / name, out_dir / (name + ".tmp")

@@ -1,4 +1,5 @@
-"""srl.compare on a hand-written multirun: 3 jobs sweeping N (num_candidates) and one failed job."""
+"""srl.compare on a hand-written multirun: 3 jobs sweeping N (num_candidates) and one failed job,
+and the per-step training plot from hand-written train_steps.csv files."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from srl import compare_plots
 from srl.compare import compare, fmt_number, main
+from srl.steps import write_steps
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 N_KEY = "generation.num_candidates"
@@ -24,8 +26,11 @@ def job_summary(n: int, val_loss: float, kept: int, margin: float, loss: float, 
         "iter1/judge/parse_fail_rate": 0.25,
         "iter1/pairs/kept": kept,
         "iter1/pairs/mean_margin": margin,
-        "m2/dpo/loss": loss,
-        "m2/dpo/rewards/accuracy": 0.5,
+        "m2/dpo/loss_mean": loss,
+        "m2/dpo/loss_first": 0.6931,
+        "m2/dpo/loss_last": loss,
+        "m2/dpo/rewards/accuracy_mean": 0.5,
+        "m2/dpo/pairs": kept,
         **{f"eval/m{m}/rm/pairwise_acc": a for m, a in enumerate(acc)},
         **{f"eval/m{m}/rm/parse_fail_rate": 0.1 for m in range(3)},
         "eval/m1/h2h/win_rate": 0.5,
@@ -46,11 +51,17 @@ SUMMARIES = {
     "0": (2, job_summary(2, 1.25, 10, 1.5, 0.6931, [0.4, 0.5, 0.55], 0.6)),
     "1": (4, job_summary(4, 1.25, 24, 2.0, 0.65, [0.4, 0.5, 0.6], 0.625)),
     # N=8 ran a second iteration (M3): its columns appear, '-' for the other jobs.
-    "2": (8, {**job_summary(8, 1.25, 40, 2.5, 0.6, [0.4, 0.5, 0.65], 0.7), "iter2/pairs/kept": 33, "m3/dpo/loss": 0.5,
+    "2": (8, {**job_summary(8, 1.25, 40, 2.5, 0.6, [0.4, 0.5, 0.65], 0.7), "iter2/pairs/kept": 33, "m3/dpo/loss_mean": 0.5,
               "eval/m3/rm/pairwise_acc": 0.7, "eval/m3/h2h/win_rate": 0.75, "eval/m3/h2h/len_words_model": 120}),
     "10": (16, None),  # failed: overrides written by Hydra, no summary.json (10 sorts after 2)
 }
 LABELS = ["num_candidates=2", "num_candidates=4", "num_candidates=8"]
+
+
+def dpo_steps(losses: list[float], accuracy: float = 0.5) -> list[dict[str, float]]:
+    """train_steps.csv rows of a DPO stage, one per optimizer step (srl/steps.py)."""
+    return [{"step": float(s), "epoch": 0.0, "loss": loss, "rewards/accuracy": accuracy, "rewards/margin": 0.1, "pairs": 16.0, "lr": 1e-6}
+            for s, loss in enumerate(losses, start=1)]
 
 
 def make_multirun(root: Path) -> Path:
@@ -59,6 +70,8 @@ def make_multirun(root: Path) -> Path:
         (root / num / ".hydra" / "overrides.yaml").write_text(f"- +experiment=smoke\n- {N_KEY}={n}\n")
         if summary is not None:
             (root / num / "summary.json").write_text(json.dumps(summary))
+            (root / num / "m2").mkdir()
+            write_steps(root / num / "m2" / "train_steps.csv", dpo_steps([0.6931, summary["m2/dpo/loss_mean"]]))
     (root / "multirun.yaml").write_text(
         "hydra:\n  overrides:\n    task:\n    - +experiment=smoke\n    - generation.num_candidates=2,4,8,16\n"
     )
@@ -105,15 +118,15 @@ def test_default_columns_and_values(result):
     root, res = result
     assert res.columns == [
         "m1/sft/val_loss",
-        "iter1/judge/parse_fail_rate", "iter1/pairs/kept", "iter1/pairs/mean_margin", "m2/dpo/loss",
-        "iter2/pairs/kept", "m3/dpo/loss",           # only columns some job has: no iter2 judge/margin
+        "iter1/judge/parse_fail_rate", "iter1/pairs/kept", "iter1/pairs/mean_margin", "m2/dpo/loss_mean",
+        "iter2/pairs/kept", "m3/dpo/loss_mean",           # only columns some job has: no iter2 judge/margin
         "eval/m1/rm/pairwise_acc", "eval/m1/rm/parse_fail_rate", "eval/m1/h2h/win_rate", "eval/m1/h2h/len_words_model",
         "eval/m3/rm/pairwise_acc", "eval/m3/h2h/win_rate", "eval/m3/h2h/len_words_model",
         "time/total_s",
     ]
     _, rows = parse_markdown_table((root / "compare.md").read_text())
     assert [r["iter1/pairs/kept"] for r in rows] == ["10", "24", "40", "-"]
-    assert [r["m2/dpo/loss"] for r in rows] == ["0.693", "0.65", "0.6", "-"]
+    assert [r["m2/dpo/loss_mean"] for r in rows] == ["0.693", "0.65", "0.6", "-"]
     assert [r["iter2/pairs/kept"] for r in rows] == ["-", "-", "33", "-"]
     assert rows[0]["time/total_s"] == "13.5"  # 1.5 + 10.0 + 2.0 seconds
     assert rows[2]["eval/m3/h2h/win_rate"] == "0.75"
@@ -138,7 +151,7 @@ def test_csv_round_trips_numbers(result):
     for row, (n, summary) in zip(rows, SUMMARIES.values()):
         assert row[N_KEY] == str(n)
         if summary is None:
-            assert row["status"] == "failed: no summary.json" and row["m2/dpo/loss"] == ""
+            assert row["status"] == "failed: no summary.json" and row["m2/dpo/loss_mean"] == ""
             continue
         numbers = {k: v for k, v in summary.items() if isinstance(v, (int, float))}
         assert {k: float(row[k]) for k in numbers} == numbers
@@ -181,12 +194,11 @@ def labelled(fig) -> None:
 
 def test_line_plots_have_a_legend_of_job_labels(result):
     runs = runs_of(result[1])
-    for plot, models in ((compare_plots.by_iteration, ["M1", "M2", "M3"]), (compare_plots.training, ["M2", "M3"])):
-        fig = plot(runs)
-        labelled(fig)
-        assert [t.get_text() for t in fig.legends[0].get_texts()] == LABELS
-        assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == models
-        compare_plots.plt.close(fig)
+    fig = compare_plots.by_iteration(runs)
+    labelled(fig)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == LABELS
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["M1", "M2", "M3"]
+    compare_plots.plt.close(fig)
 
 
 def test_bar_plots_have_jobs_on_x_and_a_legend_of_groups(result):
@@ -204,9 +216,12 @@ def test_bar_plots_have_jobs_on_x_and_a_legend_of_groups(result):
     compare_plots.plt.close(fig)
 
 
-def test_no_plot_without_data():
+def test_no_plot_without_data(tmp_path):
     runs = [("a", {"m1/sft/val_loss": 1.0})]
     assert all(plot(runs) is None for plot in compare_plots.PLOTS.values())
+    (tmp_path / "m1").mkdir()  # a stage folder without train_steps.csv
+    assert all(plot([("a", tmp_path)]) is None for plot in compare_plots.STEP_PLOTS.values())
+    assert compare_plots.write_plots(runs, tmp_path, [("a", tmp_path)]) == []
 
 
 @pytest.mark.parametrize("make", [lambda p: p / "missing", lambda p: p])
@@ -216,3 +231,74 @@ def test_cli_without_jobs_exits_2_with_a_message(tmp_path, capsys, make):
     assert main([str(path)]) == 2
     err = capsys.readouterr().err
     assert str(path) in err and "overrides.yaml" in err and "Traceback" not in err
+
+
+def test_old_summary_key_shows_a_dash(tmp_path):
+    """A summary written before stage statistics (plain m2/dpo/loss) still compares: '-' for the mean."""
+    (tmp_path / "0").mkdir()
+    (tmp_path / "0" / "summary.json").write_text(json.dumps({"iter1/pairs/kept": 5, "m2/dpo/loss": 0.7}))
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "summary.json").write_text(json.dumps({"iter1/pairs/kept": 6, "m2/dpo/loss_mean": 0.6}))
+    res = compare(tmp_path)
+    _, rows = parse_markdown_table(res.written[0].read_text())
+    assert [r["m2/dpo/loss_mean"] for r in rows] == ["-", "0.6"]
+
+
+def axis(fig, title: str):
+    return next(ax for ax in fig.axes if ax.get_title() == title)
+
+
+def test_training_plots_per_step_csvs_one_line_per_job(tmp_path):
+    losses = {"a": [0.6931, 0.69, 0.68], "b": [0.6931, 0.65]}
+    for name, values in losses.items():
+        (tmp_path / name / "m2").mkdir(parents=True)
+        write_steps(tmp_path / name / "m2" / "train_steps.csv", dpo_steps(values, accuracy=0.25))
+    (tmp_path / "c" / "m2").mkdir(parents=True)  # a job whose stage wrote no CSV: no line
+    dirs = [("N=2", tmp_path / "a"), ("N=4", tmp_path / "b"), ("N=8", tmp_path / "c")]
+    fig = compare_plots.training(dirs)
+    labelled(fig)
+    assert [ax.get_title() for ax in fig.axes] == ["DPO loss", "Chosen reward > rejected reward"]  # no SFT CSV: no SFT panel
+    loss_ax = axis(fig, "DPO loss")
+    assert [line.get_label() for line in loss_ax.lines] == ["N=2 · M2 DPO", "N=4 · M2 DPO"]
+    for line, values in zip(loss_ax.lines, losses.values()):
+        assert list(line.get_xdata()) == list(range(1, len(values) + 1))
+        assert list(line.get_ydata()) == values
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["N=2 · M2 DPO", "N=4 · M2 DPO"]
+    fig.canvas.draw()
+    for ax in fig.axes:
+        assert ax.yaxis.get_major_formatter().get_useOffset() is False
+        assert ax.yaxis.get_offset_text().get_text() == ""
+    # Constant accuracy: a flat line in a range around it, not a zoom into nothing.
+    low, high = axis(fig, "Chosen reward > rejected reward").get_ylim()
+    assert low < 0.25 - 0.01 and high > 0.25 + 0.01
+    compare_plots.plt.close(fig)
+    assert compare_plots.training(dirs[2:]) is None
+    assert compare_plots.training([]) is None
+
+
+def test_training_flat_loss_with_float_noise_is_drawn_flat(tmp_path):
+    """1e-7 noise around 0.6931 (a DPO loss that does not move) must not fill the panel."""
+    (tmp_path / "m2").mkdir()
+    write_steps(tmp_path / "m2" / "train_steps.csv", dpo_steps([0.6931472, 0.6931471, 0.6931473]))
+    fig = compare_plots.training([("job 0", tmp_path)])
+    low, high = axis(fig, "DPO loss").get_ylim()
+    assert high - low >= 0.05 and low < 0.6931 < high
+    fig.canvas.draw()
+    assert axis(fig, "DPO loss").yaxis.get_offset_text().get_text() == ""
+    compare_plots.plt.close(fig)
+
+
+def test_training_sft_stage_gets_its_own_panel(tmp_path):
+    (tmp_path / "m1").mkdir()
+    write_steps(tmp_path / "m1" / "train_steps.csv", [{"step": 1.0, "epoch": 0.0, "loss": 2.0, "target_tokens": 100.0, "lr": 1e-5},
+                                                      {"step": 2.0, "epoch": 0.0, "loss": 1.5, "target_tokens": 90.0, "lr": 1e-5}])
+    (tmp_path / "m2").mkdir()
+    write_steps(tmp_path / "m2" / "train_steps.csv", dpo_steps([0.69, 0.6]))
+    (tmp_path / "m3").mkdir()
+    write_steps(tmp_path / "m3" / "train_steps.csv", dpo_steps([0.69, 0.5, 0.4]))
+    fig = compare_plots.training([("job 0", tmp_path)])
+    assert [ax.get_title() for ax in fig.axes] == ["DPO loss", "Chosen reward > rejected reward", "SFT loss"]
+    assert [line.get_label() for line in axis(fig, "DPO loss").lines] == ["job 0 · M2 DPO", "job 0 · M3 DPO"]
+    (sft,) = axis(fig, "SFT loss").lines
+    assert sft.get_label() == "job 0 · M1 SFT" and list(sft.get_ydata()) == [2.0, 1.5]
+    compare_plots.plt.close(fig)
