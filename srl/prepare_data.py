@@ -25,6 +25,9 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> dict[str, int]:
+    from srl.validation import validate_config
+
+    validate_config(cfg)  # before any data is read or model loaded (srl/validation.py)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     source = instantiate(cfg.data.source)
     settings = instantiate(cfg.data.build)

@@ -128,7 +128,7 @@ def test_checkable_values_given_another_way_pass():
     validate(["dpo.beta=1", "trainer.devices=auto", "sft.dropout=null", "sft.scheduler=null", "eval.rm.max_prompts=null"])
 
 
-@pytest.mark.parametrize("module", ["srl.run", "srl.evaluate"])
+@pytest.mark.parametrize("module", ["srl.run", "srl.evaluate", "srl.prepare_data"])
 def test_cli_fails_fast_naming_the_key(module, tmp_path):
     run_dir = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline"}  # offline W&B would write run_dir/wandb
