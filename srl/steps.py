@@ -38,20 +38,21 @@ class StepStats:
     """
 
     def __init__(self) -> None:
-        self.sums: dict[str, list[float]] = {}
+        self.sums: dict[str, list[Any]] = {}
         self.counters: set[str] = set()
 
     def add(self, name: str, total: Any, count: Any = None) -> None:
+        # Tensors stay tensors until ``finish``: no device sync per micro-batch, one per optimizer step.
         entry = self.sums.setdefault(name, [0.0, 0.0])
-        entry[0] += float(total)
-        entry[1] += 1.0 if count is None else float(count)
+        entry[0] = entry[0] + (total.detach() if isinstance(total, torch.Tensor) else total)
+        entry[1] = entry[1] + (1.0 if count is None else count)
         if count is None:
             self.counters.add(name)
 
     def finish(self, trainer: Any = None) -> dict[str, float]:
         """The step's values (reduced over processes), and a fresh start for the next step."""
         names = sorted(self.sums)
-        values = torch.tensor([self.sums[n] for n in names], dtype=torch.float64).reshape(-1, 2)
+        values = torch.tensor([[float(x) for x in self.sums[n]] for n in names], dtype=torch.float64).reshape(-1, 2)
         if distributed.world_size() > 1 and trainer is not None:
             values = trainer.strategy.reduce(values.to(trainer.strategy.root_device), reduce_op="sum").cpu()
         self.sums = {}
