@@ -21,50 +21,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from srl import distributed
 from srl.config import CONF_DIR, register_resolvers
-from srl.loop import DataSettings, SelfRewardingLoop, stage_names
-from srl.models import config_fingerprint
+from srl.fingerprints import EVAL_INPUTS, STAGE_INPUTS, fingerprints, stage_inputs  # noqa: F401  (re-exported)
+from srl.loop import DataSettings, SelfRewardingLoop
 from srl.tracking import Tracker, run_identity
 from srl.validation import validate_config
 
 log = logging.getLogger("srl")
 
 register_resolvers()
-
-# Config sections that a stage's outputs add to what the stages before it depend on. A finished
-# stage is reused only if every section up to it is unchanged. EFT data depends on the judge's
-# template alone (judge=score_first trains the same M1 as additive5); judging on the whole judge
-# section. Pairs store the reference log-probs, computed at dpo.max_length; DPO (m2, m3, ...)
-# depends on the whole dpo section.
-STAGE_INPUTS = {
-    "data": ("seed", "data", "judge.template"),
-    "m1": ("model", "peft", "sft"),
-    "prompts": ("prompt_gen",),
-    "candidates": ("generation",),
-    "judgements": ("judge",),
-    "pairs": ("dpo.max_length", "pairs"),
-    "dpo": ("dpo",),
-}
-# An evaluation stage depends on its model's stages and on these; later stages do not depend on it.
-EVAL_INPUTS = ("eval", "judge")
-
-
-def fingerprints(cfg: DictConfig) -> dict[str, str]:
-    """A fingerprint per stage of the run, over every config section that stage depends on."""
-    def value(key: str) -> Any:
-        node = OmegaConf.select(cfg, key)
-        return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
-
-    out, seen = {}, []
-    for stage in stage_names(cfg.iteration.num_models, cfg.eval.in_loop):
-        if stage.startswith("eval/"):
-            out[stage] = config_fingerprint({k: value(k) for k in sorted(seen + list(EVAL_INPUTS))})
-            continue
-        kind = stage.split("/")[-1]
-        kind = "dpo" if kind.startswith("m") and kind != "m1" else kind
-        seen += [k for k in STAGE_INPUTS[kind] if k not in seen]
-        out[stage] = config_fingerprint({k: value(k) for k in sorted(seen)})
-    return out
-
 
 def job_config(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config without Hydra's own node (what ``--cfg job`` prints)."""
