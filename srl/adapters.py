@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
+from srl import rundir
 from srl.models import resolve_dtype, save_model
 
 log = logging.getLogger(__name__)
@@ -200,7 +199,7 @@ def save_trained(model: torch.nn.Module, tokenizer: Any, base: Any, settings: Pe
     needed to merge a quantized run's adapter into full-precision weights.
     """
     tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    rundir.remove(tmp)  # srl/rundir.py: refused outside the run dir being worked in
     model.eval()
     if not settings.enabled:
         save_model(model, tokenizer, tmp)
@@ -211,14 +210,13 @@ def save_trained(model: torch.nn.Module, tokenizer: Any, base: Any, settings: Pe
         save_model(model.merge_and_unload(), tokenizer, tmp)
     else:
         adapter_dir = folder.with_name(folder.name + ".adapter.tmp")
-        shutil.rmtree(adapter_dir, ignore_errors=True)
+        rundir.remove(adapter_dir)
         model.save_pretrained(adapter_dir, safe_serialization=True)
         del model
         full, _ = base.load()
         save_model(merge_adapters(full, [str(adapter_dir)]).eval(), tokenizer, tmp)
-        shutil.rmtree(adapter_dir, ignore_errors=True)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+        rundir.remove(adapter_dir)
+    rundir.replace(tmp, folder)
     return folder
 
 

@@ -38,11 +38,12 @@ from omegaconf import DictConfig
 
 from srl.distributed import local_device
 from srl.config import CONF_DIR, register_resolvers
-from srl import aift, evalsets, headtohead, metrics, oasst
+from srl import aift, evalsets, headtohead, metrics, oasst, rundir
 from srl.headtohead import Comparison, H2HSettings
-from srl.models import ModelSlot, spec_from_name
+from srl.models import ModelSlot, config_fingerprint, spec_from_name
 from srl.records import Candidate, Judgement, PartialJsonl, PromptRecord, RankedPrompt, read_jsonl
 from srl.report import write_table
+from srl.rundir import Stamp
 from srl.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -116,9 +117,11 @@ def rm_metrics(groups: Sequence[RankedPrompt], judgements: Sequence[Judgement], 
     return out
 
 
-def evaluate_judge(model: Any, tokenizer: Any, groups: Sequence[RankedPrompt], judge: aift.JudgeSettings, seed: int, out_dir: Path) -> dict[str, Any]:
+def evaluate_judge(
+    model: Any, tokenizer: Any, groups: Sequence[RankedPrompt], judge: aift.JudgeSettings, seed: int, out_dir: Path, stamp: Stamp | None = None,
+) -> dict[str, Any]:
     """Judge every reply (resumable, written to ``rm_judgements.jsonl``) and compute the metrics."""
-    store = PartialJsonl(out_dir / "rm_judgements.jsonl", Judgement)
+    store = PartialJsonl(out_dir / "rm_judgements.jsonl", Judgement, stamp, on_stale="discard")
     aift.judge_candidates(model, tokenizer, ranked_candidates(groups), judge, seed, 0, store)
     judgements = read_jsonl(store.finish(), Judgement)
     return rm_metrics(groups, judgements, judge.template)
@@ -134,11 +137,14 @@ def subset(items: Sequence[Any], limit: int | None, seed: int) -> list[Any]:
 def evaluate_model(
     name: str, key: str, spec: Any, slot: ModelSlot, out_dir: Path, settings: EvalSettings, judge: aift.JudgeSettings,
     groups: Sequence[RankedPrompt], prompts: Sequence[PromptRecord], baseline: BaselineFn | None, seed: int,
+    stamp: Stamp | None = None,
 ) -> dict[str, Any]:
     """Run the enabled evaluations of one model into ``out_dir``; metrics named ``rm/*`` and ``h2h/*``.
 
-    Every output is written in chunks and resumes where it stopped. Models are loaded through
-    ``slot`` (one in memory): the evaluated model, then the baseline model if any, then the judge.
+    Every output is written in chunks and resumes where it stopped; with a ``stamp`` (the stage and
+    its config), chunks written under another config are discarded first, never mixed in. Models
+    are loaded through ``slot`` (one in memory): the evaluated model, then the baseline model if
+    any, then the judge.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {}
@@ -147,7 +153,7 @@ def evaluate_model(
         if groups:
             rm_groups = subset(groups, settings.rm.max_prompts, settings.rm.seed)
             k = settings.rm.num_samples or judge.num_samples
-            rm = evaluate_judge(model, tokenizer, rm_groups, dataclasses.replace(judge, num_samples=k), seed, out_dir)
+            rm = evaluate_judge(model, tokenizer, rm_groups, dataclasses.replace(judge, num_samples=k), seed, out_dir, stamp)
             result.update({f"rm/{k2}": v for k2, v in rm.items()})
             result["rm/judge_samples"] = k
         else:
@@ -155,7 +161,7 @@ def evaluate_model(
     h2h = settings.h2h
     if not prompts or not (h2h.enabled or settings.alpaca_export):
         return result
-    store = PartialJsonl(out_dir / "replies.jsonl", Candidate)
+    store = PartialJsonl(out_dir / "replies.jsonl", Candidate, stamp, on_stale="discard")
     headtohead.generate_replies(model, tokenizer, prompts, h2h.reply_sampling, h2h.seed, store)
     replies = read_jsonl(store.finish(), Candidate)
     if settings.alpaca_export:
@@ -172,7 +178,7 @@ def evaluate_model(
     if missing == len(mine):
         raise ValueError(f"eval h2h: no prompt of the evaluation set has a reply from {baseline_name}; check eval.h2h.reference / prompts")
     judge_model, judge_tokenizer = (slot.get(key, spec) if h2h.judge is None else slot.get(f"judge:{h2h.judge}", spec_from_name(h2h.judge)))
-    comparisons = PartialJsonl(out_dir / "h2h_comparisons.jsonl", Comparison)
+    comparisons = PartialJsonl(out_dir / "h2h_comparisons.jsonl", Comparison, stamp, on_stale="discard")
     headtohead.compare(judge_model, judge_tokenizer, mine, theirs, h2h, comparisons)
     judged = read_jsonl(comparisons.finish(), Comparison)
     stats = headtohead.h2h_metrics(judged, mine, theirs, h2h.bootstrap_samples, h2h.seed)
@@ -192,11 +198,11 @@ def reference_baseline(path: str | Path, name: str | None = None) -> BaselineFn:
     return load
 
 
-def model_baseline(name: str, spec: Any, slot: ModelSlot, out_dir: Path, h2h: H2HSettings) -> BaselineFn:
+def model_baseline(name: str, spec: Any, slot: ModelSlot, out_dir: Path, h2h: H2HSettings, stamp: Stamp | None = None) -> BaselineFn:
     """Replies of a baseline model, generated (and kept) under ``out_dir``."""
     def load(prompts: Sequence[PromptRecord]) -> tuple[dict[str, Candidate], str]:
+        store = PartialJsonl(out_dir / "replies.jsonl", Candidate, stamp, on_stale="discard")
         model, tokenizer = slot.get(f"baseline:{name}", spec)
-        store = PartialJsonl(out_dir / "replies.jsonl", Candidate)
         headtohead.generate_replies(model, tokenizer, prompts, h2h.reply_sampling, h2h.seed, store)
         return {r.prompt_id: r for r in read_jsonl(store.finish(), Candidate)}, name
 
@@ -215,7 +221,7 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> dict[str, Any]:
-    from srl.run import build_logger, close_logger
+    from srl.run import build_logger, close_logger, job_config
     from srl.validation import validate_config
 
     validate_config(cfg)  # before any model loads (srl/validation.py)
@@ -231,14 +237,16 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     # The backend (conf/backend) and this process's device, as in the loop.
     slot = ModelSlot(instantiate(cfg.backend) if cfg.get("backend") else None, local_device())
     h2h = settings.h2h
+    stamp = Stamp("evaluate", config_fingerprint({k: v for k, v in job_config(cfg).items() if k != "logger"}))
     baseline = None
     if h2h.enabled and h2h.reference:
         baseline = reference_baseline(h2h.reference)
     elif h2h.enabled and h2h.baseline:
-        baseline = model_baseline(h2h.baseline, spec_from_name(h2h.baseline), slot, out_dir / "baseline", h2h)
+        baseline = model_baseline(h2h.baseline, spec_from_name(h2h.baseline), slot, out_dir / "baseline", h2h, stamp)
     elif h2h.enabled:
         log.warning("eval h2h: no baseline; set eval.h2h.baseline (model folder, Hub id or 'embedded') or eval.h2h.reference (replies file)")
-    result = evaluate_model(name, "model", spec, slot, out_dir, settings, judge, data.ranked_heldout, prompts, baseline, cfg.seed)
+    with rundir.working_in(out_dir):  # a rerun in the same dir resumes; chunks of another config are discarded
+        result = evaluate_model(name, "model", spec, slot, out_dir, settings, judge, data.ranked_heldout, prompts, baseline, cfg.seed, stamp)
     named = {f"eval/{k}": v for k, v in result.items()}
     tracker = Tracker(out_dir, build_logger(cfg))
     try:

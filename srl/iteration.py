@@ -13,13 +13,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from srl import aift, distributed
+from srl import aift, distributed, rundir
 from srl.dpo import DPOModule, DPOSettings, collate_pairs, encode_pair, reference_logprobs
 from srl.models import HFModelSpec, load_tokenizer
 from srl.pairs import select_pairs, truncation_counts
 from srl.records import Candidate, Judgement, Pair, PartialJsonl, PromptAttempt, PromptRecord, IFTExample, read_jsonl, write_jsonl
 from srl.sft import SFTDataModule
-from srl.stages import link_or_copy
+from srl.rundir import link_or_copy
 from srl.tracking import SAMPLE_ROWS
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ class IterationStages:
     """The stages of iteration t, mixed into ``SelfRewardingLoop``."""
 
     run_dir: Path
+    stamp: Any  # SelfRewardingLoop.stamp
 
     def iter_dir(self, t: int) -> Path:
         return self.run_dir / f"iter{t}"
@@ -46,24 +47,25 @@ class IterationStages:
     def stage_prompts(self, t: int) -> tuple[dict[str, Any], list[str]]:
         settings: aift.PromptGenSettings = self._require("prompt_gen")
         out = self.iter_dir(t) / "prompts.jsonl"
-        seed = self.settings.seed
+        seed, outputs = self.settings.seed, []
         if settings.source == "pool":
             records, metrics = aift.pool_prompts(settings.pool_path, settings, seed, t)
         else:
             human = [ex.prompt for ex in read_jsonl(self.run_dir / "data" / "ift_train.jsonl", IFTExample)]
             earlier = [r.prompt for u in range(1, t) for r in read_jsonl(self.iter_dir(u) / "prompts.jsonl", PromptRecord)]
+            # the half-finished attempts of another config are refused before a model loads
+            store = PartialJsonl(self.iter_dir(t) / "prompt_attempts.jsonl", PromptAttempt, self.stamp(f"iter{t}/prompts"))
             spec = self.model_spec if settings.model is None else HFModelSpec(settings.model)
             model, tokenizer = self.load("m0" if settings.model is None else f"prompt:{settings.model}", spec)
-            store = PartialJsonl(self.iter_dir(t) / "prompt_attempts.jsonl", PromptAttempt)
             records, metrics = aift.generate_prompts(model, tokenizer, human, earlier, settings, seed, t, store, self.hook)
-            store.finish()
+            outputs.append(str(store.finish()))
         if not records:
             self._no_pairs(
                 f"iteration {t}: no prompt passed the filters ({metrics}); see {self.iter_dir(t) / 'prompt_attempts.jsonl'} "
                 "for the rejected attempts and their reasons, and loosen prompt_gen.filters or raise prompt_gen.max_attempts"
             )
         write_jsonl(out, records)
-        return aift.prefixed(f"iter{t}/prompts", metrics), [str(out)]
+        return aift.prefixed(f"iter{t}/prompts", metrics), [str(out), *outputs]
 
     def _no_pairs(self, reason: str) -> None:
         """Stop (``on_no_pairs=error``) or log and go on with nothing (``carry``)."""
@@ -73,16 +75,16 @@ class IterationStages:
 
     def stage_candidates(self, t: int) -> tuple[dict[str, Any], list[str]]:
         prompts = read_jsonl(self.iter_dir(t) / "prompts.jsonl", PromptRecord)
+        store = PartialJsonl(self.iter_dir(t) / "candidates.jsonl", Candidate, self.stamp(f"iter{t}/candidates"))
         model, tokenizer = self.load_m(t)
-        store = PartialJsonl(self.iter_dir(t) / "candidates.jsonl", Candidate)
         aift.generate_candidates(model, tokenizer, prompts, self._require("generation"), self.settings.seed, t, store, self.hook)
         path = store.finish()
         return aift.prefixed(f"iter{t}/candidates", aift.candidate_metrics(read_jsonl(path, Candidate))), [str(path)]
 
     def stage_judgements(self, t: int) -> tuple[dict[str, Any], list[str]]:
         candidates = read_jsonl(self.iter_dir(t) / "candidates.jsonl", Candidate)
+        store = PartialJsonl(self.iter_dir(t) / "judgements.jsonl", Judgement, self.stamp(f"iter{t}/judgements"))
         model, tokenizer = self.load_m(t)
-        store = PartialJsonl(self.iter_dir(t) / "judgements.jsonl", Judgement)
         aift.judge_candidates(model, tokenizer, candidates, self.judge, self.settings.seed, t, store, self.hook)
         path = store.finish()
         judgements = read_jsonl(path, Judgement)
@@ -159,7 +161,7 @@ class IterationStages:
         if not pairs:  # iteration.on_no_pairs=carry let an iteration without pairs through: M_{t+1} = M_t
             folder = self.model_folder(t_next)
             if self.peft.save == "adapter":  # no adapter: M_{t+1} is the chain of M_t (spec_m skips an empty folder)
-                distributed.on_main(lambda: folder.mkdir(parents=True, exist_ok=True))
+                distributed.on_main(lambda: rundir.check(folder).mkdir(parents=True, exist_ok=True))
             else:
                 distributed.on_main(lambda: link_or_copy(self.model_folder(t), folder))
             log.warning("M%d is a copy of M%d: iteration %d has no preference pair", t_next, t, t)

@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import lightning as L
 
-from srl import aift, distributed, evalsets, oasst
+from srl import aift, distributed, evalsets, oasst, rundir
 from srl.adapters import AdapterChainSpec, PeftSettings, TrainingModelSpec, save_trained, trainable_parameters
 from srl.evaluate import EvalSettings, evaluate_model, reference_baseline
 from srl.report import write_table
@@ -34,6 +32,7 @@ from srl.models import HFModelSpec, ModelSlot
 from srl.pairs import PairSettings
 from srl.records import EFTExample, IFTExample, RankedPrompt, read_jsonl
 from srl.sft import SFTDataModule, SFTModule, SFTSettings, cap, restore_dropout, set_dropout
+from srl.rundir import Stamp
 from srl.stages import Manifest, find_manifests
 from srl.steps import StageProgress
 from srl.strategies import full_state_dict
@@ -91,11 +90,6 @@ class DataSettings:
     eft_sampling: SamplingSettings = dataclasses.field(default_factory=SamplingSettings)
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-
-
 class SelfRewardingLoop(IterationStages):
     def __init__(
         self,
@@ -108,6 +102,7 @@ class SelfRewardingLoop(IterationStages):
         loop: LoopSettings,
         fingerprints: dict[str, str],
         tracker: Tracker,
+        stage_configs: dict[str, dict[str, Any]] | None = None,
         prompt_gen: aift.PromptGenSettings | None = None,
         generation: aift.CandidateSettings | None = None,
         dpo: DPOSettings | None = None,
@@ -121,13 +116,14 @@ class SelfRewardingLoop(IterationStages):
         self.model_spec, self.data, self.judge, self.sft = model, data, judge, sft
         self.prompt_gen, self.generation, self.dpo = prompt_gen, generation, dpo
         self.trainer_factory, self.settings, self.fingerprints, self.tracker = trainer_factory, loop, fingerprints, tracker
+        self.stage_configs = stage_configs or {}  # the values each fingerprint covers: errors say which keys changed
         self.hook = hook
         self.pairs = pairs if pairs is not None else PairSettings(seed=loop.seed)
         self.evaluation = evaluation if evaluation is not None and evaluation.in_loop else None
         self.stages = stage_names(loop.num_models, self.evaluation is not None)
         if loop.stop_after is not None and loop.stop_after not in self.stages:
             raise ValueError(f"iteration.stop_after={loop.stop_after!r} is not a stage of this run (eval.in_loop is off); stages: {self.stages}")
-        self.manifest = Manifest(self.run_dir)
+        self.manifest = Manifest(self.run_dir)  # an unreadable manifest stops here, before any model loads
         self.peft = peft if peft is not None else PeftSettings()
         self.slot = ModelSlot(backend, distributed.local_device())
 
@@ -136,24 +132,30 @@ class SelfRewardingLoop(IterationStages):
         stage fails (with ``status`` saying where and why), so a failed job of a sweep keeps its metrics."""
         self.tracker.summary["status"] = "running"
         try:
-            self._run_stages()
+            with rundir.working_in(self.run_dir):  # every write, move and delete stays inside the run dir
+                self._run_stages()
         except Exception as exc:
             failed = next((s for s in self.stages if s not in self.manifest.data["stages"]), "?")
             self.tracker.summary["status"] = f"failed at {failed}: {type(exc).__name__}: {exc}"
             self.tracker.write_summary()
             raise
         self.tracker.summary["status"] = "ok"
-        self.write_eval_table()
+        with rundir.working_in(self.run_dir):
+            self.write_eval_table()
         self.tracker.write_summary()
         return self.tracker.summary
+
+    def stamp(self, stage: str) -> Stamp:
+        """``stage`` under this run's config: its fingerprint and the values it covers."""
+        return Stamp(stage, self.fingerprints[stage], self.stage_configs.get(stage, {}))
 
     def _run_stages(self) -> None:
         # Reuse is for a prefix of the run: once a stage runs here, later ones run here too.
         sources = find_manifests(self.settings.reuse_from, self.run_dir) if self.settings.reuse_from else []
         for stage in self.stages:
-            fingerprint = self.fingerprints[stage]
+            fingerprint, stamp = self.fingerprints[stage], self.stamp(stage)
             if sources and stage not in self.manifest.data["stages"]:
-                adopted = self.manifest.adopt(stage, fingerprint, sources)
+                adopted = self.manifest.adopt(stage, stamp, sources)
                 distributed.barrier()  # rank 0 linked the earlier run's outputs
                 if adopted is not None:
                     self.tracker.log(adopted)
@@ -164,8 +166,8 @@ class SelfRewardingLoop(IterationStages):
                 # Evaluations derive from finished models: a changed eval config reruns them, nothing else.
                 log.info("stage %s: evaluation config changed, running it again", stage)
                 for output in self.manifest.forget(stage):
-                    distributed.on_main(lambda: shutil.rmtree(output, ignore_errors=True))
-            if self.manifest.done(stage, fingerprint):
+                    distributed.on_main(lambda: rundir.remove(output))
+            if self.manifest.done(stage, stamp):
                 log.info("stage %s: already finished, skipped", stage)
                 self.tracker.summary.update(self.manifest.metrics(stage))
             else:
@@ -176,7 +178,7 @@ class SelfRewardingLoop(IterationStages):
                 metrics, outputs = self.run_stage(stage)
                 metrics[f"time/{stage}_s"] = round(time.perf_counter() - started, 2)
                 self.tracker.log(metrics)
-                self.manifest.record(stage, fingerprint, metrics, outputs)
+                self.manifest.record(stage, stamp, metrics, outputs)
                 distributed.barrier()  # the stage's files are complete before any rank reads them
             if stage == self.settings.stop_after:
                 break
@@ -253,9 +255,9 @@ class SelfRewardingLoop(IterationStages):
         out, tmp = self.run_dir / "data", self.run_dir / "data.tmp"
 
         def write() -> None:
-            shutil.rmtree(tmp, ignore_errors=True)
-            result.write(tmp)
-            _replace_dir(tmp, out)
+            rundir.remove(tmp)
+            result.write(rundir.check(tmp))
+            rundir.replace(tmp, out)
 
         distributed.on_main(write)
         log.info("data from %s: %s", self.data.source.describe(), result.counts)
@@ -309,7 +311,7 @@ class SelfRewardingLoop(IterationStages):
         L.seed_everything(s.seed, workers=True, verbose=False)
         previous = set_dropout(module.model, s.dropout) if s.dropout is not None else {}
         self.progress = progress = StageProgress(
-            self.run_dir / name, prefix, self.settings.checkpoint_every_n_steps, self.fingerprints.get(name, ""), self.settings.keep_checkpoints,
+            self.run_dir / name, prefix, self.settings.checkpoint_every_n_steps, self.stamp(name), self.settings.keep_checkpoints,
         )
         trainer = self.trainer_factory(
             max_epochs=s.max_epochs,
@@ -351,7 +353,8 @@ class SelfRewardingLoop(IterationStages):
             against = 0 if h2h.against == "start" else t - 1
             baseline = reference_baseline(self.run_dir / "eval" / f"m{against}" / "replies.jsonl", f"M{against}")
         key, spec = f"m{t}", self.spec_m(t)
-        result = evaluate_model(f"M{t}", key, spec, self.slot, out, settings, self.judge, groups, prompts, baseline, self.settings.seed)
+        result = evaluate_model(f"M{t}", key, spec, self.slot, out, settings, self.judge, groups, prompts, baseline, self.settings.seed,
+                                stamp=self.stamp(f"eval/m{t}"))
         return {f"eval/m{t}/{k}": v for k, v in result.items()}, [str(out)]
 
     def write_eval_table(self) -> None:

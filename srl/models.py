@@ -146,11 +146,36 @@ class HFModelSpec:
             kwargs["attn_implementation"] = self.attn_implementation
         try:
             model = AutoModelForCausalLM.from_pretrained(source, dtype=resolve_dtype(self.dtype), **kwargs, **extra)
-        except OSError as exc:  # a Hub model without safetensors
-            if self.allow_pickle_weights or folder.is_dir() or "safetensors" not in str(exc):
+        except Exception as exc:
+            broken = unreadable_weights(folder) if folder.is_dir() else None
+            if broken is not None:
+                raise ModelLoadError(
+                    f"{broken[0]}: the model's weights cannot be read ({broken[1]}): the file is cut off or corrupted "
+                    "(a copy or download that did not finish, a full disk). Copy or download it again; if srl wrote it "
+                    "(a run dir's m<t>/model), restore the run dir or train that stage again in a new run dir"
+                ) from exc
+            if not isinstance(exc, OSError) or self.allow_pickle_weights or folder.is_dir() or "safetensors" not in str(exc):
                 raise
-            raise OSError(f"{refuse} ({exc})") from exc
+            raise OSError(f"{refuse} ({exc})") from exc  # a Hub model without safetensors
         return _ready(model, tokenizer)
+
+
+class ModelLoadError(OSError):
+    """A model folder's weights cannot be read; the message names the file."""
+
+
+def unreadable_weights(folder: Path) -> tuple[Path, str] | None:
+    """The first safetensors file of ``folder`` whose header cannot be read or whose tensors run past
+    its end (a truncated file), with the reason; None if every file reads."""
+    from safetensors import safe_open
+
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), "pt") as fh:
+                fh.keys()
+        except Exception as exc:  # safetensors raises its own SafetensorError
+            return path, str(exc)
+    return None
 
 
 @dataclasses.dataclass

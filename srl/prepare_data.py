@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from srl import oasst
+from srl import oasst, rundir
 from srl.generation import sample_texts
 from srl.config import CONF_DIR, register_resolvers
 
@@ -41,7 +41,8 @@ def main(cfg: DictConfig) -> dict[str, int]:
             return sample_texts(model, tokenizer, prompts, seeds, sampling)
 
     result = oasst.build(source.load(), settings, template, judge_fn)
-    result.write(out_dir)
+    with rundir.working_in(out_dir):  # writes stay in the output dir (srl/rundir.py)
+        result.write(out_dir)
     print(f"source: {source.describe()}  ->  {out_dir}")
     for key, value in result.counts.items():
         print(f"  {key:<40} {value}")

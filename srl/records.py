@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import types
 import typing
 from pathlib import Path
 from typing import Any, Iterable, Iterator, TypeVar
 
-from srl import distributed
+from srl import distributed, rundir
+
+log = logging.getLogger(__name__)
 
 
 class RecordError(ValueError):
@@ -178,7 +181,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     in a multi-process run every rank holds the same records, ``srl/distributed.py``)."""
     if not distributed.is_main():
         return
-    path = Path(path)
+    path = rundir.check(path)  # inside the run dir being worked in (srl/rundir.py)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", encoding="utf-8") as fh:
@@ -265,12 +268,39 @@ class PartialJsonl:
 
     Each chunk is appended and fsynced, so a stopped run keeps every finished chunk; on restart,
     a torn last line (a crash mid-write) is dropped and the records read back.
+
+    With a ``stamp`` (``rundir.Stamp``: the stage and its config), the stamp is written beside the
+    partial file before its first chunk (``<name>.partial.stage.json``), and opening a partial file
+    whose stamp differs raises ``StageConfigMismatch``: records of two configs are never mixed.
     """
 
-    def __init__(self, path: str | os.PathLike, cls: type) -> None:
+    def __init__(self, path: str | os.PathLike, cls: type, stamp: rundir.Stamp | None = None, on_stale: str = "error") -> None:
+        """``on_stale``: what a partial file of another config does: ``error`` (refused) or ``discard``
+        (deleted, with a warning: for derived outputs such as evaluations, which rerun on a changed config)."""
         self.path = Path(path)
         self.partial = self.path.with_name(self.path.name + ".partial")
-        self.cls = cls
+        self.stamp_path = self.path.with_name(self.path.name + ".partial.stage.json")
+        self.cls, self.stamp = cls, stamp
+        if self.is_stale():
+            if on_stale == "discard":
+                log.warning("%s was written under another config: discarded, its records are made again", self.partial)
+                self.discard()
+            else:
+                rundir.check_stamp(self.stamp_path, stamp, f"the half-finished {self.partial}", f"delete {self.partial} to redo its records")
+
+    def is_stale(self) -> bool:
+        """Whether a partial file exists that another config (or an unstamped run) wrote."""
+        if self.stamp is None or not self.partial.is_file():
+            return False
+        recorded = rundir.read_stamp(self.stamp_path)
+        return recorded is None or recorded.fingerprint != self.stamp.fingerprint
+
+    def discard(self) -> None:
+        """Delete the partial file and its stamp (the stage starts its records over)."""
+        if distributed.is_main():
+            rundir.remove(self.partial)
+            rundir.remove(self.stamp_path)
+        distributed.barrier()
 
     def read(self, chunk: int = 1) -> list[Any]:
         """Records already written, cut back to a whole number of ``chunk``-record chunks."""
@@ -293,7 +323,10 @@ class PartialJsonl:
     def append(self, records: Iterable[Any]) -> None:
         if not distributed.is_main():
             return
+        rundir.check(self.partial)
         self.partial.parent.mkdir(parents=True, exist_ok=True)
+        if self.stamp is not None and not self.partial.exists():
+            rundir.write_stamp(self.stamp_path, self.stamp)  # before the first chunk: a partial file always has its stamp
         with self.partial.open("a", encoding="utf-8") as fh:
             fh.write("".join(to_json_line(r) + "\n" for r in records))
             fh.flush()
@@ -303,6 +336,7 @@ class PartialJsonl:
         if distributed.is_main():
             if not self.partial.exists():
                 atomic_write_text(self.partial, "")
-            os.replace(self.partial, self.path)
+            rundir.replace(self.partial, self.path)
+            rundir.remove(self.stamp_path)
         distributed.barrier()  # the final file exists on every rank's return
         return self.path

@@ -88,6 +88,7 @@ def build_loop(cfg: DictConfig, run_dir: Path) -> SelfRewardingLoop:
         trainer_factory=instantiate(cfg.trainer),
         loop=instantiate(cfg.iteration),
         fingerprints=fingerprints(cfg),
+        stage_configs=stage_inputs(cfg),
         evaluation=instantiate(cfg.eval),
         pairs=instantiate(cfg.pairs),
         peft=instantiate(cfg.peft),

@@ -14,20 +14,20 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 
-from srl import distributed
+from srl import distributed, rundir
+from srl.rundir import Stamp
 
 log = logging.getLogger(__name__)
 
 STEPS_FILE = "train_steps.csv"
 CHECKPOINT = "last.ckpt"
+STAMP_FILE = "stage.json"  # the stage and config the checkpoint belongs to
 
 
 class StepStats:
@@ -69,12 +69,12 @@ def read_steps(path: Path) -> list[dict[str, float]]:
 def write_steps(path: Path, rows: list[dict[str, float]]) -> None:
     """All rows, atomically (a kill never leaves half a file)."""
     columns = ["step", "epoch"] + sorted({k for r in rows for k in r} - {"step", "epoch"})
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = rundir.check(path.with_name(path.name + ".tmp"))
     with tmp.open("w", encoding="utf-8", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
+    rundir.replace(tmp, path)
 
 
 def summarize(rows: list[dict[str, float]], prefix: str, counters: set[str] = frozenset({"target_tokens", "pairs"})) -> dict[str, float]:
@@ -97,13 +97,15 @@ def summarize(rows: list[dict[str, float]], prefix: str, counters: set[str] = fr
 class StageProgress(L.Callback):
     """Per-step rows and resumable checkpoints of one training stage (see the module docstring).
 
-    folder: the stage's folder (``<run dir>/m1``); fingerprint: the stage's config fingerprint, kept
-    beside the checkpoint so a rerun with another config starts over instead of resuming;
-    every_n_steps: 0 keeps no checkpoint; keep: leave the checkpoint after the stage finished.
+    folder: the stage's folder (``<run dir>/m1``); stamp: the stage and its config (``rundir.Stamp``),
+    kept beside the checkpoint (``checkpoints/stage.json``): resuming a checkpoint of another config
+    is refused (``StageConfigMismatch``), never mixed; every_n_steps: 0 keeps no checkpoint; keep:
+    leave the checkpoint after the stage finished.
     """
 
-    def __init__(self, folder: Path, prefix: str, every_n_steps: int = 50, fingerprint: str = "", keep: bool = False) -> None:
-        self.folder, self.prefix, self.every_n_steps, self.fingerprint, self.keep = Path(folder), prefix, every_n_steps, fingerprint, keep
+    def __init__(self, folder: Path, prefix: str, every_n_steps: int = 50, stamp: Stamp | None = None, keep: bool = False) -> None:
+        self.folder, self.prefix, self.every_n_steps, self.keep = Path(folder), prefix, every_n_steps, keep
+        self.stamp = stamp if stamp is not None else Stamp(prefix, "")
         self.steps_file = self.folder / STEPS_FILE
         self.checkpoint_dir = self.folder / "checkpoints"
         self.rows: list[dict[str, float]] = []
@@ -111,16 +113,12 @@ class StageProgress(L.Callback):
         self.start_step = 0  # the optimizer step training started (resumed) at
 
     def resume_path(self) -> Path | None:
-        """The checkpoint to resume from, if one of this config exists (one of another is removed)."""
-        ckpt, stamp = self.checkpoint_dir / CHECKPOINT, self.checkpoint_dir / "fingerprint"
+        """The checkpoint to resume from, if there is one; one of another config is refused."""
+        ckpt = self.checkpoint_dir / CHECKPOINT
         if not ckpt.is_file():
             return None
-        if not stamp.is_file() or stamp.read_text(encoding="utf-8").strip() != self.fingerprint:
-            log.warning("%s: checkpoint %s was written under another config; starting the stage over", self.prefix, ckpt)
-            distributed.barrier()
-            distributed.on_main(lambda: shutil.rmtree(self.checkpoint_dir, ignore_errors=True))
-            distributed.barrier()
-            return None
+        rundir.check_stamp(self.checkpoint_dir / STAMP_FILE, self.stamp, f"its training checkpoint {ckpt}",
+                           f"delete {self.checkpoint_dir} to train the stage from its start")
         return ckpt
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -157,12 +155,12 @@ class StageProgress(L.Callback):
     def save(self, trainer: L.Trainer) -> None:
         """``last.ckpt`` replaced atomically: a kill mid-save leaves the previous checkpoint whole."""
         tmp = self.checkpoint_dir / (CHECKPOINT + ".tmp")
-        distributed.on_main(lambda: self.checkpoint_dir.mkdir(parents=True, exist_ok=True))
+        distributed.on_main(lambda: rundir.check(self.checkpoint_dir).mkdir(parents=True, exist_ok=True))
         trainer.save_checkpoint(tmp)  # collective; rank 0 writes
 
         def publish() -> None:
-            (self.checkpoint_dir / "fingerprint").write_text(self.fingerprint, encoding="utf-8")
-            os.replace(tmp, self.checkpoint_dir / CHECKPOINT)
+            rundir.write_stamp(self.checkpoint_dir / STAMP_FILE, self.stamp)
+            rundir.replace(tmp, self.checkpoint_dir / CHECKPOINT)
 
         distributed.on_main(publish)
 
@@ -172,7 +170,7 @@ class StageProgress(L.Callback):
     def finish(self) -> None:
         """After the stage's model is saved: checkpoints are no longer needed (unless kept)."""
         if not self.keep:
-            distributed.on_main(lambda: shutil.rmtree(self.checkpoint_dir, ignore_errors=True))
+            distributed.on_main(lambda: rundir.remove(self.checkpoint_dir))
 
 
 def checkpoint_state(module: torch.nn.Module, checkpoint: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ from srl.dpo import DPOModule, DPOSettings, collate_pairs, encode_pair
 from srl.records import IFTExample
 from srl.schedules import warmup_cosine
 from srl.sft import SFTDataModule, SFTModule, SFTSettings
+from srl.rundir import StageConfigMismatch, Stamp
 from srl.steps import StageProgress, read_steps, summarize
 
 WORDS = "red green blue sea sky tree rain sun moon star leaf rock".split()
@@ -59,7 +60,7 @@ def train(tiny, case, folder, crash_at=None):
         if hasattr(m, "attention_dropout") and isinstance(m.attention_dropout, float):
             m.attention_dropout = 0.1  # dropout draws random numbers: a resume must restore the RNG
     L.seed_everything(0, verbose=False)
-    progress = StageProgress(folder, "m1/sft", every_n_steps=2, fingerprint="cfg")
+    progress = StageProgress(folder, "m1/sft", every_n_steps=2, stamp=Stamp("m1", "cfg", {"sft.lr": 1e-5}))
     callbacks = ([Crash(crash_at)] if crash_at else []) + [progress]  # the crash comes before step crash_at is logged
     trainer = L.Trainer(accelerator="cpu", max_epochs=2, accumulate_grad_batches=2, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks)
@@ -92,12 +93,13 @@ def test_a_stopped_stage_resumes_to_the_uninterrupted_weights(tiny, tmp_path, ca
     assert read_steps(tmp_path / "b" / "train_steps.csv") == ref_progress.rows
 
 
-def test_a_checkpoint_of_another_config_is_not_resumed(tiny, tmp_path):
+def test_a_checkpoint_of_another_config_is_refused_and_kept(tiny, tmp_path):
     with pytest.raises(RuntimeError):
         train(tiny, sft_case, tmp_path, crash_at=5)
-    other = StageProgress(tmp_path, "m1/sft", every_n_steps=2, fingerprint="another config")
-    assert other.resume_path() is None
-    assert not (tmp_path / "checkpoints").exists()
+    other = StageProgress(tmp_path, "m1/sft", every_n_steps=2, stamp=Stamp("m1", "another", {"sft.lr": 2e-5}))
+    with pytest.raises(StageConfigMismatch, match=r"training checkpoint .*last\.ckpt.*sft\.lr: 1e-05 -> 2e-05"):
+        other.resume_path()
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()  # nothing deleted
 
 
 def test_stage_statistics_are_over_all_steps():

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -324,8 +325,8 @@ def test_lora_run_keeping_adapters_alone_chains_them_on_the_base(tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
 
 
-def kill_when(cmd: list[str], steps_file: Path, rows: int, log: Path) -> None:
-    """Start ``cmd`` and kill -9 it once ``steps_file`` has ``rows`` step rows (past a checkpoint)."""
+def kill_when(cmd: list[str], ready: Callable[[], bool], log: Path) -> None:
+    """Start ``cmd`` and kill -9 it as soon as ``ready()`` (polled every 10 ms) is true."""
     import signal
     import time
 
@@ -333,39 +334,68 @@ def kill_when(cmd: list[str], steps_file: Path, rows: int, log: Path) -> None:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 600
         while proc.poll() is None and time.monotonic() < deadline:
-            if steps_file.is_file() and len(steps_file.read_text().splitlines()) > rows:
+            if ready():
                 os.kill(proc.pid, signal.SIGKILL)
                 break
-            time.sleep(0.05)
+            time.sleep(0.01)
         proc.wait()
     assert proc.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {log.read_text()[-2000:]}"
 
 
-def test_kill_9_in_sft_and_in_dpo_resumes_from_their_checkpoints_to_the_same_weights(tmp_path):
+def lines_in(path: Path, more_than: int) -> Callable[[], bool]:
+    def ready() -> bool:
+        try:
+            return len(path.read_text().splitlines()) > more_than
+        except OSError:  # not written yet, or renamed between the check and the read
+            return False
+
+    return ready
+
+
+def results(run_dir: Path) -> dict[str, bytes]:
+    """What a run computed: records, models, per-step logs, evaluation files (not times, logs or the manifest)."""
+    skip = {"manifest.json", "summary.json", "table.md"}
+    return {p.relative_to(run_dir).as_posix(): p.read_bytes() for p in sorted(run_dir.rglob("*"))
+            if p.is_file() and p.name not in skip and p.parts[len(run_dir.parts)] in ("data", "m1", "m2", "iter1", "eval")}
+
+
+def test_kill_9_anywhere_in_the_run_resumes_to_the_same_records_and_weights(tmp_path):
     from safetensors.torch import load_file
 
     # SFT: 7 steps an epoch x 8; DPO: 4 pairs, one a micro-batch, two a step, 6 epochs = 12 steps.
-    args = ["+experiment=smoke", "eval.in_loop=false", "iteration.stop_after=m2", "iteration.checkpoint_every_n_steps=2",
-            "dpo.batch_size=2", "dpo.micro_batch_size=1", "dpo.max_epochs=6"]
+    # Generation in chunks of 2 items, so that every generation stage can be caught half-way.
+    args = ["+experiment=smoke", "iteration.num_models=2", "iteration.checkpoint_every_n_steps=2",
+            "dpo.batch_size=2", "dpo.micro_batch_size=1", "dpo.max_epochs=6", "prompt_gen.sampling.batch_size=2",
+            "generation.sampling.batch_size=2", "judge.sampling.batch_size=2", "eval.h2h.reply_sampling.batch_size=2"]
     straight = run_cli("srl.run", *args, f"hydra.run.dir={tmp_path / 'straight'}")
     assert straight.returncode == 0, straight.stderr[-3000:]
     run_dir = tmp_path / "killed"
     cmd = [sys.executable, "-m", "srl.run", *args, f"hydra.run.dir={run_dir}"]
-    for stage, rows in (("m1", 9), ("m2", 5)):  # killed past step 9 of SFT, then past step 5 of DPO
-        kill_when(cmd, run_dir / stage / "train_steps.csv", rows, tmp_path / f"killed_{stage}.log")
-        assert (run_dir / stage / "checkpoints" / "last.ckpt").is_file()
-        assert not (run_dir / stage / "model").exists()
-        log = (tmp_path / f"killed_{stage}.log").read_text()
-        if stage == "m2":  # the rerun that was killed in DPO had resumed SFT first
-            assert "stage m1: resuming from checkpoint" in log
+    points = [  # (where, when): killed past step 9 of SFT, inside each generation stage, past step 5 of DPO, in M2's evaluation
+        ("eval/m0", lines_in(run_dir / "eval" / "m0" / "rm_judgements.jsonl.partial", 0)),
+        ("m1", lines_in(run_dir / "m1" / "train_steps.csv", 9)),
+        ("iter1/prompts", lines_in(run_dir / "iter1" / "prompt_attempts.jsonl.partial", 1)),
+        ("iter1/candidates", lines_in(run_dir / "iter1" / "candidates.jsonl.partial", 1)),
+        ("iter1/judgements", lines_in(run_dir / "iter1" / "judgements.jsonl.partial", 1)),
+        ("m2", lines_in(run_dir / "m2" / "train_steps.csv", 5)),
+        ("eval/m2", lines_in(run_dir / "eval" / "m2" / "replies.jsonl.partial", 1)),
+    ]
+    for i, (where, ready) in enumerate(points):
+        kill_when(cmd, ready, tmp_path / f"killed_{i}.log")
+        manifest = json.loads((run_dir / "manifest.json").read_text()) if (run_dir / "manifest.json").is_file() else {"stages": {}}
+        assert where not in manifest["stages"], f"killed after {where} had finished"
+        if where in ("m1", "m2"):
+            assert (run_dir / where / "checkpoints" / "last.ckpt").is_file() and not (run_dir / where / "model").exists()
+    assert "stage m1: resuming from checkpoint" in (tmp_path / "killed_2.log").read_text()
+    assert "stage m2: resuming from checkpoint" in (tmp_path / "killed_6.log").read_text()
     resumed = run_cli("srl.run", *args, f"hydra.run.dir={run_dir}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "stage m2: resuming from checkpoint" in resumed.stderr + resumed.stdout
     summary = json.loads((run_dir / "summary.json").read_text())
-    for stage, prefix in (("m1", "m1/sft"), ("m2", "m2/dpo")):
-        if stage == "m2":
-            assert 0 < summary[f"{prefix}/resumed_at_step"] < summary[f"{prefix}/steps"]
+    assert 0 < summary["m2/dpo/resumed_at_step"] < summary["m2/dpo/steps"]
+    for stage in ("m1", "m2"):
         a, b = load_file(tmp_path / "straight" / stage / "model" / "model.safetensors"), load_file(run_dir / stage / "model" / "model.safetensors")
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"{stage}: resumed weights differ from the uninterrupted run's"
-        assert (run_dir / stage / "train_steps.csv").read_text() == (tmp_path / "straight" / stage / "train_steps.csv").read_text()
         assert not (run_dir / stage / "checkpoints").exists()  # removed once the stage finished
+    want, got = results(tmp_path / "straight"), results(run_dir)
+    assert sorted(got) == sorted(want)
+    assert [name for name in want if got[name] != want[name]] == []
