@@ -139,8 +139,9 @@ def _files(run_dir: Path, outputs: list[str]) -> list[str]:
 def digest(run_dir: str | os.PathLike, outputs: list[str]) -> dict[str, dict[str, Any]]:
     """Size and SHA-256 of every file of ``outputs`` (paths relative to ``run_dir``), by relative path.
 
-    Files are hashed in parallel threads (hashlib releases the GIL): a 135M model in float32 takes
-    about a second, a 70B model's shards about a minute.
+    Files are hashed in parallel threads (hashlib releases the GIL); SHA-256 runs at about 1.5 GB/s
+    a core, so a 135M model in float32 (0.54 GB) takes 0.4 s and a 70B model's 140 GB of bf16
+    shards about 90 s on one core, less on several.
     """
     run_dir = Path(run_dir)
     names = _files(run_dir, outputs)
