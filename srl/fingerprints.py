@@ -54,12 +54,22 @@ EVAL_INPUTS = ("model", "backend", "iteration.seed", "eval", "judge")
 EXCLUDED = ("eval.in_loop", "trainer.log_every_n_steps", "trainer.enable_progress_bar", "trainer.enable_model_summary")
 
 
+def target_name(value: Any) -> Any:
+    """A ``_target_`` inside srl by its object's name alone (``srl.aift.JudgeSettings`` -> ``srl:JudgeSettings``):
+    which module holds a class is not part of what a stage computes, so moving code between modules
+    keeps every run dir resumable. Targets outside srl (``torch.optim.AdamW``) keep their full path."""
+    if isinstance(value, str) and value.startswith("srl."):
+        return "srl:" + value.rsplit(".", 1)[-1]
+    return value
+
+
 def _flat(key: str, value: Any, out: dict[str, Any]) -> None:
     if isinstance(value, dict) and value:
         for k, v in value.items():
             _flat(f"{key}.{k}", v, out)
     elif not any(key == x or key.startswith(x + ".") for x in EXCLUDED):
-        out[key] = value  # a plain value, a list, or an empty mapping (backend=hf is {})
+        # a plain value, a list, or an empty mapping (backend=hf is {})
+        out[key] = target_name(value) if key.endswith("._target_") else value
 
 
 def stage_inputs(cfg: DictConfig) -> dict[str, dict[str, Any]]:

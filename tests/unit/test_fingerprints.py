@@ -234,3 +234,19 @@ def test_stage_inputs_are_flat_plain_values():
     paper = stage_inputs(job_config(["+experiment=paper_8gpu"]))
     assert paper["data"]["backend.tensor_parallel_size"] == 8 and "model.name_or_path" in paper["data"]
     assert "model._target_" not in stage_inputs(job_config([]))["data"]
+
+
+def test_moving_an_srl_class_to_another_module_keeps_the_fingerprints():
+    """Code layout is not config: a run dir stays resumable when a class moves between srl modules."""
+    from srl.fingerprints import fingerprints
+
+    base = fingerprints(job_config([]))
+    moved = job_config([])
+    OmegaConf.update(moved, "judge._target_", "srl.judging.settings.JudgeSettings")  # was srl.aift.JudgeSettings
+    assert fingerprints(moved) == base
+    renamed = job_config([])
+    OmegaConf.update(renamed, "judge._target_", "srl.aift.OtherJudgeSettings")
+    assert fingerprints(renamed)["iter1/judgements"] != base["iter1/judgements"]
+    outside = job_config([])
+    OmegaConf.update(outside, "sft.optimizer._target_", "torch.optim.SGD")
+    assert fingerprints(outside)["m1"] != base["m1"]
