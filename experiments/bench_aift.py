@@ -4,8 +4,8 @@ Both sides use the same model, prompts, sampling (T, top-p), max new tokens and 
 
 * baseline: what public re-implementations do: one ``model.generate(num_return_sequences=N)`` per
   prompt, then one ``model.generate(num_return_sequences=K)`` per reply's judge prompt;
-* srl: the loop's own stage functions (``aift.generate_candidates``, ``aift.judge_candidates``) on
-  the engine (``srl/engine.py``): batches across prompts, one prefill per distinct prompt, the
+* srl: the loop's own stage functions (``generate_candidates``, ``judge_candidates``) on
+  the engine (``srl/generation/engine.py``): batches across prompts, one prefill per distinct prompt, the
   rubric's key/value cache shared by every judge prompt, finished rows replaced by waiting ones.
 
 It prints wall time, generated tokens, generated tokens/s and records of each side and stage, and
@@ -21,25 +21,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import random
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from common import PROMPTS_FILE, machine, sample_prompts
 
-ROOT = Path(__file__).resolve().parents[1]
-PROMPTS_FILE = ROOT.parent / "shared" / "data" / "prompts" / "user_oriented_instructions.jsonl"
+from srl.generation.candidates import CandidateSettings, generate_candidates
+from srl.judging.pointwise import judge_candidates
+from srl.judging.settings import JudgeSettings
 
-
-def load_prompts(path: Path, count: int, seed: int) -> list[str]:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    texts = [(r["instruction"] + ("\n\n" + r["instances"][0]["input"] if r.get("instances") and r["instances"][0].get("input") else "")).strip()
-             for r in rows]
-    return random.Random(seed).sample(texts, count)
 
 
 def generated_tokens(rows: torch.Tensor, stops: set[int]) -> list[list[int]]:
@@ -53,7 +46,7 @@ def generated_tokens(rows: torch.Tensor, stops: set[int]) -> list[list[int]]:
 
 def baseline(model, tok, prompts, n, k, cand, judge, template, stops):
     """Per-prompt and per-reply ``generate`` calls; returns (candidate stage, judge stage) figures."""
-    from srl.chat import render_prompt
+    from srl.models.chat import render_prompt
 
     def gen(text: str, count: int, s) -> list[list[int]]:
         ids = tok(render_prompt(tok, text), add_special_tokens=False, return_tensors="pt")["input_ids"]
@@ -74,8 +67,9 @@ def baseline(model, tok, prompts, n, k, cand, judge, template, stops):
 
 def srl_stages(model, tok, prompts, cand, judge_settings, tmp: Path):
     """The loop's stage functions on the engine; generated tokens are counted at the engine's output."""
-    from srl import aift, engine
-    from srl.records import Candidate, Judgement, PartialJsonl, PromptRecord, read_jsonl
+    from srl.data.partial import PartialJsonl
+    from srl.data.records import Candidate, Judgement, PromptRecord, read_jsonl
+    from srl.generation import engine
 
     counted = [0]
     run = engine.Engine.run
@@ -89,11 +83,11 @@ def srl_stages(model, tok, prompts, cand, judge_settings, tmp: Path):
     try:
         records = [PromptRecord(f"p{i}", p, "bench") for i, p in enumerate(prompts)]
         start = time.perf_counter()
-        aift.generate_candidates(model, tok, records, cand, 0, 1, store := PartialJsonl(tmp / "candidates.jsonl", Candidate))
+        generate_candidates(model, tok, records, cand, 0, 1, store := PartialJsonl(tmp / "candidates.jsonl", Candidate))
         cand_s, cand_tokens = time.perf_counter() - start, counted[0]
         candidates = read_jsonl(store.finish(), Candidate)
         start = time.perf_counter()
-        aift.judge_candidates(model, tok, candidates, judge_settings, 0, 1, jstore := PartialJsonl(tmp / "judgements.jsonl", Judgement))
+        judge_candidates(model, tok, candidates, judge_settings, 0, 1, jstore := PartialJsonl(tmp / "judgements.jsonl", Judgement))
         judge_s, judge_tokens = time.perf_counter() - start, counted[0] - cand_tokens
         judgements = read_jsonl(jstore.finish(), Judgement)
     finally:
@@ -113,9 +107,9 @@ def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
 
 def decode_rate(model, tok, batch: int, steps: int = 48) -> tuple[float, float]:
     """Engine tokens/s while every row decodes (prefill timed separately and subtracted), and FLOPs per token."""
-    from srl.chat import render_prompt
-    from srl.engine import Engine
-    from srl.generation import SamplingSettings
+    from srl.generation.engine import Engine
+    from srl.generation.sampling import SamplingSettings
+    from srl.models.chat import render_prompt
 
     ids = [tok(render_prompt(tok, f"Write a long story about the number {i}."), add_special_tokens=False)["input_ids"] for i in range(batch)]
     settings = SamplingSettings(temperature=0.7, top_p=0.9, max_new_tokens=steps, batch_size=batch)
@@ -147,18 +141,18 @@ def main() -> None:
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
 
-    from srl import aift
-    from srl.generation import SamplingSettings, stop_token_ids
-    from srl.models import spec_from_name
-    from srl.templates import load_judge_template
+    from srl.generation.sample import stop_token_ids
+    from srl.generation.sampling import SamplingSettings
+    from srl.judging.templates import load_judge_template
+    from srl.models.embedded import spec_from_name
 
     torch.manual_seed(args.seed)
     model, tok = spec_from_name(args.model).load()
     model.eval()
-    prompts = load_prompts(args.prompts_file, args.prompts, args.seed)
+    prompts, _ = sample_prompts(args.prompts, args.seed, args.prompts_file)
     template = load_judge_template()
-    cand = aift.CandidateSettings(args.n, SamplingSettings(0.7, 0.9, args.max_new, args.batch))
-    judge = aift.JudgeSettings(template, args.k, SamplingSettings(0.7, 0.9, args.judge_max_new, args.batch))
+    cand = CandidateSettings(args.n, SamplingSettings(0.7, 0.9, args.max_new, args.batch))
+    judge = JudgeSettings(template, args.k, SamplingSettings(0.7, 0.9, args.judge_max_new, args.batch))
     stops = set(stop_token_ids(tok, model))
 
     with torch.no_grad():
@@ -194,13 +188,6 @@ def main() -> None:
 
 def total(stages) -> dict:
     return {k: sum(s[k] for s in stages) for k in ("seconds", "tokens", "records")}
-
-
-def machine() -> dict:
-    import transformers
-
-    return {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "platform": platform.platform(), "processor": platform.processor()}
 
 
 if __name__ == "__main__":

@@ -11,13 +11,13 @@ sigmoid loss. Each variant runs in its own child process, one after the other, b
 (``ru_maxrss``) is process-wide; the parent collects one JSON record per child and prints a table.
 
 Variants:
-- ``srl_dpo``: ``srl.dpo.DPOModule`` under Lightning; reference log-probs are precomputed once with
-  ``srl.dpo.reference_logprobs`` (timed separately), so training holds one model.
+- ``srl_dpo``: ``srl.training.dpo.DPOModule`` under Lightning; reference log-probs are precomputed once with
+  ``srl.training.dpo.reference_logprobs`` (timed separately), so training holds one model.
 - ``trl_dpo``: ``trl.DPOTrainer`` with its default reference handling (a second copy of the model,
   one reference forward per step). Gradient checkpointing off and ``optim="adamw_torch"`` (TRL's
   defaults are on and fused AdamW) so both sides do the same computation.
 - ``trl_dpo_precompute``: the same with ``precompute_ref_log_probs=True`` (timed separately).
-- ``srl_sft``: ``srl.sft.SFTModule`` on the same 2B chosen+rejected sequences per step as the DPO
+- ``srl_sft``: ``srl.training.sft.SFTModule`` on the same 2B chosen+rejected sequences per step as the DPO
   micro-batch of B pairs (a memory baseline: DPO should cost about what SFT costs).
 
 Figures (steps counted from 0): steps/s over steps 1..N-1 (step 0 is warm-up, excluded), also with
@@ -34,8 +34,6 @@ import argparse
 import functools
 import json
 import os
-import platform
-import resource
 import shlex
 import subprocess
 import sys
@@ -45,6 +43,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout: srl need not be pip-installed
+from common import load_model as common_load_model  # noqa: E402
+from common import machine, rss_mib  # noqa: E402
 VARIANTS = ("srl_dpo", "trl_dpo", "trl_dpo_precompute", "srl_sft")
 LR, BETA, CLIP, SEED = 5e-6, 0.1, 1.0, 0
 MARK = "BENCH_CHILD_JSON "
@@ -63,10 +63,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # ru_maxrss is KiB on Linux
-
-
 def pairs_path(name: str) -> Path:
     path = Path(name)
     return path if path.is_file() or path.is_absolute() else ROOT / name
@@ -75,8 +71,8 @@ def pairs_path(name: str) -> Path:
 def load_pairs(args: argparse.Namespace, tokenizer) -> tuple[list[tuple[str, str, str]], list]:
     """The first B*steps oasst1 first-turn pairs (best vs worst ranked reply) whose chosen and rejected
     sequences both fit ``max_length`` untruncated, in file order: (texts, srl EncodedPairs)."""
-    from srl.dpo import encode_pair
-    from srl.oasst import first_turns, load_local
+    from srl.data.oasst import first_turns, load_local
+    from srl.training.dpo import encode_pair
 
     texts, encoded, need = [], [], args.batch * args.steps
     for turn in first_turns(load_local(pairs_path(args.pairs_file))):
@@ -94,13 +90,9 @@ def load_pairs(args: argparse.Namespace, tokenizer) -> tuple[list[tuple[str, str
 
 def load_model(args: argparse.Namespace):
     import torch
-    from srl.models import spec_from_name
-    from srl.sft import set_dropout
 
     torch.manual_seed(SEED)
-    model, tokenizer = spec_from_name(args.model).load()
-    set_dropout(model, 0.0)
-    return model, tokenizer
+    return common_load_model(args.model, dropout=0.0)
 
 
 class StepTimer:
@@ -138,8 +130,8 @@ def run_srl(args: argparse.Namespace, sft: bool) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
-    import srl.dpo as dpo
-    from srl.sft import SFTModule, SFTSettings
+    import srl.training.dpo as dpo
+    from srl.training.sft import SFTModule, SFTSettings
 
     model, tokenizer = load_model(args)
     _, encoded = load_pairs(args, tokenizer)
@@ -157,7 +149,7 @@ def run_srl(args: argparse.Namespace, sft: bool) -> dict:
         module = dpo.DPOModule(model, dpo.DPOSettings(beta=BETA, **common), metric_prefix="bench/dpo")
         original = dpo.policy_logprobs
 
-        def recording(model, batch):  # DPOModule.training_step looks this name up in srl.dpo at call time
+        def recording(model, batch):  # DPOModule.training_step looks this name up in srl.training.dpo at call time
             chosen, rejected = original(model, batch)
             logps.append((chosen.detach().mean().item(), rejected.detach().mean().item()))
             return chosen, rejected
@@ -197,7 +189,7 @@ def run_trl(args: argparse.Namespace, precompute: bool) -> dict:
     texts, encoded = load_pairs(args, tokenizer)
     out = {"rss_after_load_mib": rss_mib()}
     # Conversational rows: TRL renders prompt (with generation prompt) and prompt+reply with the chat
-    # template, like srl.chat.split_prompt_completion. Plain-text rows would get an extra EOS appended.
+    # template, like srl.models.chat.split_prompt_completion. Plain-text rows would get an extra EOS appended.
     rows = [{"prompt": [{"role": "user", "content": p}], "chosen": [{"role": "assistant", "content": c}],
              "rejected": [{"role": "assistant", "content": r}]} for p, c, r in texts]
     records: list[tuple[float, float, float]] = []
@@ -254,22 +246,6 @@ def child(args: argparse.Namespace) -> None:
     result = runner[args.child]()
     result.update(peak_rss_mib=rss_mib(), torch_threads=torch.get_num_threads(), load1_start=load_start, load1_end=os.getloadavg()[0])
     print(MARK + json.dumps(result), flush=True)
-
-
-def machine() -> dict:
-    import importlib.metadata as md
-
-    import torch
-
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
-    cpu = next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")), platform.processor())
-    versions = {}
-    for name in ("torch", "transformers", "trl", "lightning"):
-        try:
-            versions[name] = md.version(name)
-        except md.PackageNotFoundError:
-            versions[name] = None
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(), **versions}
 
 
 def summarize(args: argparse.Namespace, results: dict) -> dict:

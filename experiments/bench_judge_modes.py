@@ -1,11 +1,11 @@
 """Benchmark: the paper's judge (justification then score, K samples) vs the score-first judge.
 
 Both judge the same human-ranked replies (held-out oasst1 first turns) with the same model and
-rubric, through the loop's own ``aift.judge_candidates`` on the engine:
+rubric, through the loop's own ``judge_candidates`` on the engine:
 
 * ``sample``: K samples of "justification ... Score: N" (T=0.7, top-p 0.9), parsed scores averaged;
 * ``score_first``: the reply starts with "Score:" and the score is the expected value of the next
-  token's distribution over 0..5 (one forward pass per reply, no sampling; ``srl/judge.py``).
+  token's distribution over 0..5 (one forward pass per reply, no sampling; ``srl/judging/score_first.py``).
 
 It prints the wall time of each and their ratio, how well the two modes' scores agree on replies
 both scored (Pearson, Spearman, mean absolute difference), each mode's parse-failure rate, and
@@ -24,24 +24,29 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import load_model
+
+from srl.data.oasst import first_turns, load_local, ranked_prompts
+from srl.judging.pointwise import judge_candidates
+from srl.judging.settings import JudgeSettings
+
 ROOT = Path(__file__).resolve().parents[1]
 OASST = ROOT.parent / "shared" / "data" / "oasst1" / "en_validation.jsonl"
 
 
 def load_groups(path: Path | None, limit: int | None, seed: int):
-    from srl import oasst
-    from srl.evaluate import subset
-    from srl.records import RankedPrompt, read_jsonl
+    from srl.data.records import RankedPrompt, read_jsonl
+    from srl.evaluation.model_eval import subset
 
     if path is not None:
         groups = read_jsonl(path, RankedPrompt)
     else:
-        groups = oasst.ranked_prompts(oasst.first_turns(oasst.load_local(OASST)))
+        groups = ranked_prompts(first_turns(load_local(OASST)))
     return subset(groups, limit, seed)
 
 
 def pearson(xs: list[float], ys: list[float]) -> float | None:
-    from srl.metrics import _pearson
+    from srl.evaluation.judge_agreement import _pearson
 
     return _pearson(xs, ys) if len(xs) > 2 else None
 
@@ -58,27 +63,26 @@ def main() -> None:
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
 
-    from srl import aift
-    from srl.evaluate import rm_metrics, ranked_candidates
-    from srl.generation import SamplingSettings
-    from srl.metrics import _average_ranks
-    from srl.models import spec_from_name
-    from srl.records import Judgement, PartialJsonl, read_jsonl
-    from srl.templates import load_judge_template
+    from srl.data.partial import PartialJsonl
+    from srl.data.records import Judgement, read_jsonl
+    from srl.evaluation.judge_agreement import _average_ranks
+    from srl.evaluation.model_eval import ranked_candidates, rm_metrics
+    from srl.generation.sampling import SamplingSettings
+    from srl.judging.templates import load_judge_template
 
-    model, tok = spec_from_name(args.model).load()
+    model, tok = load_model(args.model)
     groups = load_groups(args.groups, args.max_groups, args.seed)
     candidates = ranked_candidates(groups)
     template = load_judge_template()
     sampling = SamplingSettings(0.7, 0.9, args.max_new, args.batch)
-    modes = {"sample": aift.JudgeSettings(template, args.k, sampling, "sample"),
-             "score_first": aift.JudgeSettings(template, 1, sampling, "score_first")}
+    modes = {"sample": JudgeSettings(template, args.k, sampling, "sample"),
+             "score_first": JudgeSettings(template, 1, sampling, "score_first")}
     results, scores = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, settings in modes.items():
             store = PartialJsonl(Path(tmp) / f"{name}.jsonl", Judgement)
             start = time.perf_counter()
-            aift.judge_candidates(model, tok, candidates, settings, args.seed, 0, store)
+            judge_candidates(model, tok, candidates, settings, args.seed, 0, store)
             seconds = time.perf_counter() - start
             judgements = read_jsonl(store.finish(), Judgement)
             rm = rm_metrics(groups, judgements, template)

@@ -3,7 +3,7 @@
     python experiments/bench_peft.py [--model embedded|PATH] [--steps 8] [--rows 4] [--tokens 256]
 
 Each variant runs in its own process (a clean peak RSS): load the model as srl's training stages do
-(``srl.adapters.TrainingModelSpec``), take ``--steps`` AdamW steps on one fixed batch of IFT examples,
+(``srl.training.adapters.TrainingModelSpec``), take ``--steps`` AdamW steps on one fixed batch of IFT examples,
 and report trainable parameters, weight bytes, the training state (weights + gradients + AdamW
 state, counted from the tensors), peak RSS (which includes the libraries and activations), seconds a
 step and the loss before/after.
@@ -30,14 +30,15 @@ VARIANTS = {
 
 
 def spec(model: str):
-    from srl.models import EmbeddedSmolLM2Spec, HFModelSpec
+    from srl.models.embedded import EmbeddedSmolLM2Spec
+    from srl.models.loading import HFModelSpec
 
     return EmbeddedSmolLM2Spec() if model == "embedded" else HFModelSpec(model)
 
 
 def batch(tokenizer, rows: int, tokens: int):
-    from srl.chat import collate_right, encode_sft
-    from srl.records import IFTExample, read_jsonl
+    from srl.data.records import IFTExample
+    from srl.training.encoding import collate_right, encode_sft
 
     path = os.path.join(os.path.dirname(__file__), "..", "srl", "data", "seed_oasst.jsonl")
     texts = [r["text"] for r in map(json.loads, open(path, encoding="utf-8")) if r.get("role") == "assistant"]
@@ -49,8 +50,8 @@ def batch(tokenizer, rows: int, tokens: int):
 def run_one(name: str, model_name: str, steps: int, rows: int, tokens: int) -> dict:
     import torch
 
-    from srl.adapters import PeftSettings, TrainingModelSpec, trainable_parameters
-    from srl.losses import model_logprobs
+    from srl.training.adapters import PeftSettings, TrainingModelSpec, trainable_parameters
+    from srl.training.losses import model_logprobs
 
     torch.manual_seed(0)
     started = time.perf_counter()

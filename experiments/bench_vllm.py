@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from srl.data.oasst import first_turns, load_local
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_PROMPTS = ROOT.parent / "shared" / "data" / "prompts" / "user_oriented_instructions.jsonl"
 SEED_OASST = ROOT / "srl" / "data" / "seed_oasst.jsonl"
@@ -27,19 +29,18 @@ SEED_OASST = ROOT / "srl" / "data" / "seed_oasst.jsonl"
 def load_prompts(n: int) -> tuple[list[str], str]:
     """``n`` prompt texts (cycled when the source has fewer) and where they came from."""
     if SHARED_PROMPTS.is_file():
-        from srl.evalsets import read_self_instruct
+        from srl.data.prompt_sets import read_self_instruct
 
         texts, source = [p.prompt for p in read_self_instruct(SHARED_PROMPTS)], str(SHARED_PROMPTS)
     else:
-        from srl import oasst
 
-        texts, source = [t.prompt.text for t in oasst.first_turns(oasst.load_local(SEED_OASST))], str(SEED_OASST)
+        texts, source = [t.prompt.text for t in first_turns(load_local(SEED_OASST))], str(SEED_OASST)
     return [texts[i % len(texts)] for i in range(n)], source
 
 
 def model_folder(name: str, spec) -> str:
     """What vLLM loads: the embedded model's converted folder, a local folder, or a Hub id."""
-    from srl.models import EMBEDDED_NAMES
+    from srl.models.embedded import EMBEDDED_NAMES
 
     if name in EMBEDDED_NAMES:
         return str(spec.folder())  # spec.load() has converted it already
@@ -62,7 +63,7 @@ def main() -> None:
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
 
-    from srl.vllm_backend import VLLMGenerator, VLLMSettings, require_vllm
+    from srl.generation.vllm import VLLMGenerator, VLLMSettings, require_vllm
 
     try:
         require_vllm()
@@ -71,10 +72,12 @@ def main() -> None:
 
     import torch
 
-    from srl.chat import render_prompt
-    from srl.generation import SamplingSettings, generate_ids, stop_token_ids
-    from srl.models import resolve_dtype, spec_from_name
-    from srl.oasst import derive_seed
+    from srl.core.hashing import derive_seed
+    from srl.generation.sample import generate_ids, stop_token_ids
+    from srl.generation.sampling import SamplingSettings
+    from srl.models.chat import render_prompt
+    from srl.models.embedded import spec_from_name
+    from srl.models.loading import resolve_dtype
 
     texts, source = load_prompts(args.prompts)
     seeds = [derive_seed(args.seed, "bench_vllm", i) for i in range(len(texts))]

@@ -4,6 +4,10 @@ Usage::
 
     python -m srl.run -m +experiment=smoke generation.num_candidates=2,4,8
     python -m srl.compare multirun/2025-01-31/12-00-00 [--out DIR] [--metrics KEY_OR_GLOB ...]
+    python -m srl.compare outputs/2025-01-31/12-00-00     # a single run dir: one row
+
+srl.compare takes plain arguments rather than Hydra's: it reads finished runs and composes no
+config, and Hydra would give it a run dir of its own to write into.
 
 Every subdirectory holding ``.hydra/overrides.yaml`` or ``summary.json`` is a job (ordered by job
 number). A job is labelled by the overrides that differ between jobs (``num_candidates=4``);
@@ -14,7 +18,7 @@ listed as failed, never dropped. Written to ``--out`` (default: the multirun dir
   one column per swept key, status, then metric columns (``default_columns`` or ``--metrics``).
 - ``compare.csv`` and ``compare.json``: every numeric metric of every job.
 - ``judge_quality.png``, ``by_iteration.png``, ``pairs.png`` where the metrics exist, and
-  ``training.png``: per-step curves from each job's ``m{t}/train_steps.csv`` (srl/compare_plots.py).
+  ``training.png``: per-step curves from each job's ``m{t}/train_steps.csv`` (srl/evaluation/plots.py).
 
 A training stage reports stage statistics over its optimizer steps: ``m{t}/dpo/loss_mean``,
 ``_first`` and ``_last`` (likewise ``rewards/accuracy``, ``rewards/margin``, ``m1/sft/loss_*``);
@@ -41,9 +45,9 @@ from typing import Any, Sequence
 
 import yaml
 
-from srl.compare_plots import write_plots
-from srl.records import atomic_write_text
-from srl.report import markdown_table
+from srl.data.records import atomic_write_text
+from srl.evaluation.plots import write_plots
+from srl.evaluation.report import markdown_table
 
 log = logging.getLogger("srl.compare")  # not __main__ under python -m
 
@@ -129,7 +133,12 @@ def load_jobs(multirun_dir: str | Path) -> list[Job]:
     root = Path(multirun_dir)
     if not root.is_dir():
         raise CompareError(f"{root}: no such directory (expected a Hydra multirun dir with {LOOKED_FOR})")
-    dirs = [d for d in root.iterdir() if d.is_dir() and ((d / ".hydra" / "overrides.yaml").is_file() or (d / "summary.json").is_file())]
+    def is_job(d: Path) -> bool:
+        return (d / ".hydra" / "overrides.yaml").is_file() or (d / "summary.json").is_file()
+
+    dirs = [d for d in root.iterdir() if d.is_dir() and is_job(d)]
+    if not dirs and is_job(root):  # a single run dir (python -m srl.run): one row
+        return [read_job(root)]
     if not dirs:
         raise CompareError(f"{root}: no jobs found (looked for {LOOKED_FOR})")
     return [read_job(d) for d in sorted(dirs, key=lambda d: natural_key(d.name))]

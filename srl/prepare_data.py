@@ -15,19 +15,19 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from srl import oasst, rundir
-from srl.generation import sample_texts
-from srl.config import CONF_DIR, register_resolvers
-
+from srl.config.paths import CONF_DIR, register_resolvers
+from srl.core import rundir
+from srl.generation.sample import sample_texts
+from srl.training.sft_data import build
 
 register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> dict[str, int]:
-    from srl.validation import validate_config
+    from srl.config.validation import validate_config
 
-    validate_config(cfg)  # before any data is read or model loaded (srl/validation.py)
+    validate_config(cfg)  # before any data is read or model loaded (srl/config/validation.py)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     source = instantiate(cfg.data.source)
     settings = instantiate(cfg.data.build)
@@ -40,8 +40,8 @@ def main(cfg: DictConfig) -> dict[str, int]:
         def judge_fn(prompts, seeds):
             return sample_texts(model, tokenizer, prompts, seeds, sampling)
 
-    result = oasst.build(source.load(), settings, template, judge_fn)
-    with rundir.working_in(out_dir):  # writes stay in the output dir (srl/rundir.py)
+    result = build(source.load(), settings, template, judge_fn)
+    with rundir.working_in(out_dir):  # writes stay in the output dir (srl/core/rundir.py)
         result.write(out_dir)
     print(f"source: {source.describe()}  ->  {out_dir}")
     for key, value in result.counts.items():

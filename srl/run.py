@@ -15,59 +15,21 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from srl import distributed
-from srl.config import CONF_DIR, register_resolvers
-from srl.fingerprints import EVAL_INPUTS, STAGE_INPUTS, fingerprints, stage_inputs  # noqa: F401  (re-exported)
-from srl.loop import DataSettings, SelfRewardingLoop
-from srl.tracking import Tracker, run_identity
-from srl.validation import validate_config
+from srl.config.paths import CONF_DIR, register_resolvers
+from srl.config.validation import validate_config
+from srl.core import distributed
+from srl.pipeline.fingerprints import EVAL_INPUTS, STAGE_INPUTS, fingerprints, stage_inputs  # noqa: F401  (re-exported)
+from srl.pipeline.loop import SelfRewardingLoop
+from srl.pipeline.stages.data import DataSettings
+from srl.pipeline.tracking import Tracker, build_logger, close_logger
 
 log = logging.getLogger("srl")
 
+
 register_resolvers()
-
-def job_config(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config without Hydra's own node (what ``--cfg job`` prints)."""
-    return {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in cfg if k != "hydra"}
-
-
-def logger_identity(cfg: DictConfig) -> dict[str, Any]:
-    """W&B name/group/tags/job_type/notes of this job (``tracking.run_identity``) from Hydra's runtime.
-
-    A sweep file's ``hydra.sweeper.params`` keys name the job; for a sweep given on the command line
-    (``judge=a,b``) the job's overrides do.
-    """
-    hc = HydraConfig.get()
-    multirun = hc.mode == RunMode.MULTIRUN
-    swept = list(OmegaConf.select(hc, "sweeper.params") or {})
-    return run_identity(
-        list(hc.overrides.task), multirun, OmegaConf.select(cfg, "sweep.name"), hc.sweep.dir if multirun else None, swept,
-        hc.job.num if multirun else None, OmegaConf.select(cfg, "sweep.question"),
-    )
-
-
-def build_logger(cfg: DictConfig) -> Any | None:
-    if not cfg.get("logger"):
-        return None
-    extra = {}
-    if str(cfg.logger.get("_target_", "")).endswith("WandbLogger"):
-        extra = {k: v for k, v in logger_identity(cfg).items() if k in cfg.logger and cfg.logger[k] is None and v is not None}
-    logger = instantiate(cfg.logger, **extra)
-    logger.log_hyperparams(job_config(cfg))
-    return logger
-
-
-def close_logger(logger: Any | None) -> None:
-    """Finish the W&B run (its files are complete only then); other loggers need nothing."""
-    if logger is not None and hasattr(logger, "experiment"):
-        import wandb
-
-        if wandb.run is not None:
-            wandb.finish()
 
 
 def build_loop(cfg: DictConfig, run_dir: Path) -> SelfRewardingLoop:
@@ -118,7 +80,7 @@ def relaunch(cfg: DictConfig, nproc: int) -> int:
 
     ``python -m srl.run trainer=ddp trainer.devices=8`` is the same as ``torchrun --nproc_per_node 8
     -m srl.run trainer=ddp trainer.devices=8 hydra.run.dir=<dir>``: every rank runs the loop
-    (``srl/distributed.py``), started together, rather than Lightning spawning workers at the first fit.
+    (``srl/core/distributed.py``), started together, rather than Lightning spawning workers at the first fit.
     """
     hc = HydraConfig.get()
     overrides = [o for o in hc.overrides.task if not o.startswith("hydra.run.dir=")]

@@ -29,7 +29,7 @@ def oasst_validation() -> Path:
 @pytest.fixture(scope="session")
 def tiny():
     """(model, tokenizer) of the tiny Llama; tests that train must deep-copy the model."""
-    from srl.models import TinyModelSpec
+    from srl.training.tiny import TinyModelSpec
 
     return TinyModelSpec(seed=0).load()
 
@@ -44,7 +44,7 @@ def compose(overrides: list[str] | None = None):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from srl.config import register_resolvers
+    from srl.config.paths import register_resolvers
 
     register_resolvers()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

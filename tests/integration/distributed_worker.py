@@ -1,6 +1,6 @@
 """Run by tests/integration/test_distributed.py under ``torchrun --nproc_per_node 2`` (gloo, CPU).
 
-``generate OUT``: candidates and judgements of the tiny model (float64) through the aift stages.
+``generate OUT``: candidates and judgements of the tiny model (float64) through the generation and judging functions.
 ``sft OUT`` / ``dpo OUT``: two epochs of DDP on two examples (one per rank); rank 0 saves the weights.
 The test runs the same functions in one process and compares.
 """
@@ -16,18 +16,21 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import functools  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
-from srl import aift, distributed  # noqa: E402
-from srl.chat import encode_sft  # noqa: E402
-from srl.dpo import DPOModule, DPOSettings, collate_pairs, encode_pair, reference_logprobs  # noqa: E402
-from srl.generation import SamplingSettings  # noqa: E402
-from srl.models import TinyModelSpec  # noqa: E402
-from srl.records import IFTExample, PartialJsonl, PromptRecord, Candidate, Judgement, read_jsonl  # noqa: E402
-from srl.sft import SFTDataModule, SFTModule, SFTSettings  # noqa: E402
-from srl.strategies import trainer as make_trainer  # noqa: E402
-from srl.templates import load_judge_template  # noqa: E402
+from srl.core import distributed  # noqa: E402
+from srl.data.partial import PartialJsonl
+from srl.data.records import Candidate, IFTExample, Judgement, PromptRecord, read_jsonl
+from srl.generation.candidates import CandidateSettings, generate_candidates
+from srl.generation.sampling import SamplingSettings  # noqa: E402
+from srl.judging.pointwise import judge_candidates
+from srl.judging.settings import JudgeSettings
+from srl.judging.templates import load_judge_template  # noqa: E402
+from srl.training.dpo import DPOModule, DPOSettings, collate_pairs, encode_pair, reference_logprobs  # noqa: E402
+from srl.training.encoding import encode_sft  # noqa: E402
+from srl.training.sft import SFTDataModule, SFTModule, SFTSettings  # noqa: E402
+from srl.training.strategies import trainer as make_trainer  # noqa: E402
+from srl.training.tiny import TinyModelSpec  # noqa: E402
 
 PROMPTS = ["Name a primary colour.", "What is two plus two?", "Say hello in French.", "Give a fruit that is yellow.", "Count to three."]
 SFT_DATA = [("Name a primary colour.", "Red is a primary colour."), ("What is two plus two?", "Two plus two is four, always.")]
@@ -37,7 +40,7 @@ DPO_DATA = [("Name a primary colour.", "Red is a primary colour.", "I like turtl
 def generate(out: Path) -> None:
     """Candidates (N=3) and judgements (K=2) of five prompts; float64 so batch composition cannot
     change a sampled token through rounding."""
-    import srl.generation as generation
+    import srl.generation.sample as generation
 
     counted = {"rows": 0}
     local = generation._sample_local
@@ -52,11 +55,11 @@ def generate(out: Path) -> None:
     sampling = SamplingSettings(temperature=1.0, top_p=0.95, max_new_tokens=12, batch_size=4)
     prompts = [PromptRecord(f"p{i}", p, "test") for i, p in enumerate(PROMPTS)]
     store = PartialJsonl(out / "candidates.jsonl", Candidate)
-    aift.generate_candidates(model, tok, prompts, aift.CandidateSettings(3, sampling), 0, 1, store)
+    generate_candidates(model, tok, prompts, CandidateSettings(3, sampling), 0, 1, store)
     candidates = read_jsonl(store.finish(), Candidate)
     store = PartialJsonl(out / "judgements.jsonl", Judgement)
-    judge = aift.JudgeSettings(load_judge_template(), num_samples=2, sampling=SamplingSettings(temperature=0.7, top_p=0.9, max_new_tokens=10, batch_size=4))
-    aift.judge_candidates(model, tok, candidates, judge, 0, 1, store)
+    judge = JudgeSettings(load_judge_template(), num_samples=2, sampling=SamplingSettings(temperature=0.7, top_p=0.9, max_new_tokens=10, batch_size=4))
+    judge_candidates(model, tok, candidates, judge, 0, 1, store)
     store.finish()
     generation._sample_local = local
     (out / f"rows.rank{distributed.rank()}").write_text(str(counted["rows"]))

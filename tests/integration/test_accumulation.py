@@ -15,11 +15,11 @@ import lightning as L
 import pytest
 import torch
 
-from srl.chat import collate_right, encode_sft
-from srl.dpo import DPOModule, DPOSettings, collate_pairs, encode_pair, policy_logprobs_and_counts
-from srl.losses import preference_loss, sft_loss
-from srl.records import IFTExample
-from srl.sft import SFTDataModule, SFTModule, SFTSettings
+from srl.data.records import IFTExample
+from srl.training.dpo import DPOModule, DPOSettings, collate_pairs, encode_pair, policy_logprobs_and_counts
+from srl.training.encoding import collate_right, encode_sft
+from srl.training.losses import preference_loss, sft_loss
+from srl.training.sft import SFTDataModule, SFTModule, SFTSettings
 
 # Replies of very different lengths: a token of a short micro-batch must weigh what any other does.
 SFT_DATA = [

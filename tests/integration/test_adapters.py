@@ -1,4 +1,4 @@
-"""LoRA, QLoRA and 8-bit bases on the tiny model (conf/peft, srl/adapters.py).
+"""LoRA, QLoRA and 8-bit bases on the tiny model (conf/peft, srl/training/adapters.py).
 
 Only adapter weights train and the loss falls (SFT and DPO); the adapter-off reference is the base
 model; a 4-bit NF4 base loads through bitsandbytes on the CPU and trains; merged weights reload as a
@@ -14,13 +14,13 @@ import lightning as L
 import pytest
 import torch
 
-from srl.adapters import AdapterChainSpec, PeftSettings, TrainingModelSpec, attach_lora, save_trained, trainable_parameters
-from srl.chat import collate_right, encode_sft
-from srl.dpo import DPOModule, DPOSettings, collate_pairs, encode_pair, online_reference, policy_logprobs
-from srl.losses import sft_loss
-from srl.models import HFModelSpec, save_model
-from srl.records import IFTExample
-from srl.sft import SFTDataModule, SFTModule, SFTSettings
+from srl.data.records import IFTExample
+from srl.models.loading import HFModelSpec, save_model
+from srl.training.adapters import AdapterChainSpec, PeftSettings, TrainingModelSpec, attach_lora, save_trained, trainable_parameters
+from srl.training.dpo import DPOModule, DPOSettings, collate_pairs, encode_pair, online_reference, policy_logprobs
+from srl.training.encoding import collate_right, encode_sft
+from srl.training.losses import sft_loss
+from srl.training.sft import SFTDataModule, SFTModule, SFTSettings
 
 SFT_DATA = [
     ("Name a primary colour.", "Red is a primary colour."),

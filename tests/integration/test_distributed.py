@@ -1,5 +1,5 @@
 """Two CPU processes (torchrun, gloo) against one: sharded generation writes the same records, and
-DDP training with the same global batch ends at the same weights (srl/distributed.py, srl/strategies.py)."""
+DDP training with the same global batch ends at the same weights (srl/core/distributed.py, srl/training/strategies.py)."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def test_ddp_with_two_processes_matches_one_process_with_the_same_global_batch(w
     torchrun(kind, tmp_path / "ddp")
     two = torch.load(tmp_path / "ddp" / f"{kind}.pt")
     assert one["steps"] == two["steps"] == 2
-    from srl.models import TinyModelSpec
+    from srl.training.tiny import TinyModelSpec
 
     start = TinyModelSpec(seed=0).load()[0].state_dict()
     moved = [k for k in start if not torch.equal(start[k], one["state"][k])]

@@ -3,26 +3,32 @@
 from __future__ import annotations
 
 import copy
-import tempfile
-from pathlib import Path
 import dataclasses
 import functools
 import math
+import tempfile
+from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+from conftest import compose
 from hydra.utils import instantiate
 
-from conftest import compose
-from srl.chat import IGNORE_INDEX
-from srl.dpo import (
-    DPOModule, DPOSettings, batch_preference_loss, collate_pairs, encode_pair, policy_logprobs, policy_logprobs_and_counts,
+from srl.training.dpo import (
+    DPOModule,
+    DPOSettings,
+    batch_preference_loss,
+    collate_pairs,
+    encode_pair,
+    policy_logprobs,
+    policy_logprobs_and_counts,
     reference_logprobs,
 )
-from srl.losses import PREFERENCE_LOSSES, dpo_loss, sequence_logprobs
-from srl.sft import SFTDataModule
-from srl.steps import StageProgress
+from srl.training.encoding import IGNORE_INDEX
+from srl.training.losses import PREFERENCE_LOSSES, dpo_loss, sequence_logprobs
+from srl.training.sft import SFTDataModule
+from srl.training.steps import StageProgress
 
 PAIRS = [
     ("Name a primary colour.", "Red is a primary colour.", "I like turtles a lot."),

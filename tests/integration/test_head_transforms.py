@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from srl.chat import IGNORE_INDEX
-from srl.losses import head_is_plain, model_logprobs, token_logprobs
+from srl.training.encoding import IGNORE_INDEX
+from srl.training.losses import head_is_plain, model_logprobs, token_logprobs
 
 
 def tiny(family: str):

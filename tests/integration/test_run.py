@@ -11,12 +11,12 @@ from typing import Callable
 
 import pytest
 import torch
+from conftest import ROOT, compose
 from transformers import AutoModelForCausalLM
 
-from conftest import ROOT, compose
+from srl.pipeline.loop import NoPairsError
+from srl.pipeline.manifest import StageConfigMismatch
 from srl.run import build_loop
-from srl.loop import NoPairsError
-from srl.stages import StageConfigMismatch
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled"}
 
@@ -54,10 +54,10 @@ def test_smoke_experiment_cli_runs_m1_to_m3(tmp_path):
 
 def check_eval_table(run_dir: Path, summary: dict, models: int) -> None:
     """The run ends with the evaluation table: a row per model M0..M_T, its numbers from the files."""
-    from srl.evaluate import rm_metrics
-    from srl.headtohead import Comparison, h2h_metrics
-    from srl.records import Candidate, Judgement, RankedPrompt, read_jsonl
-    from srl.templates import load_judge_template
+    from srl.data.records import Candidate, Judgement, RankedPrompt, read_jsonl
+    from srl.evaluation.head_to_head import Comparison, h2h_metrics
+    from srl.evaluation.model_eval import rm_metrics
+    from srl.judging.templates import load_judge_template
 
     table = summary["eval/table"]
     assert [row["model"] for row in table] == [f"M{t}" for t in range(models)]
@@ -230,7 +230,8 @@ def test_prompt_pool_source(tmp_path):
 
 
 def test_evaluate_cli_on_held_out_trees_with_a_baseline_model(tmp_path):
-    from srl.models import TinyModelSpec, save_model
+    from srl.models.loading import save_model
+    from srl.training.tiny import TinyModelSpec
 
     # The baseline: another tiny model (a different seed), saved as a folder like any M_t.
     baseline = tmp_path / "baseline"

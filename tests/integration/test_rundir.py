@@ -1,5 +1,5 @@
 """Run-dir integrity on the smoke loop: copies and moves of run dirs, half-finished stages under a
-changed config, corrupted manifests and models (srl/rundir.py, srl/stages.py)."""
+changed config, corrupted manifests and models (srl/core/rundir.py, srl/pipeline/manifest.py)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from srl.models import HFModelSpec, ModelLoadError
-from srl.rundir import StageConfigMismatch
-from srl.stages import CorruptedOutput, ManifestError
 from test_run import FAST, loop_for
+
+from srl.core.rundir import StageConfigMismatch
+from srl.models.loading import HFModelSpec, ModelLoadError
+from srl.pipeline.manifest import CorruptedOutput, ManifestError
 
 
 def tree(root: Path) -> dict[str, str]:
@@ -47,7 +47,7 @@ def test_a_moved_run_dir_resumes_with_every_finished_stage_skipped(base, tmp_pat
     moved.parent.mkdir()
     shutil.move(copy(base, tmp_path / "c"), moved)
     stamps = {p: p.stat().st_mtime_ns for p in moved.rglob("*") if p.is_file() and p.name != "manifest.json"}
-    with caplog.at_level(logging.INFO, logger="srl.loop"):
+    with caplog.at_level(logging.INFO, logger="srl.pipeline.loop"):
         loop_for(moved, *FAST, "iteration.stop_after=eval/m1", evaluate=True).run()
     skipped = [r.getMessage() for r in caplog.records if "already finished, skipped" in r.getMessage()]
     assert len(skipped) == 4 and not [r for r in caplog.records if r.getMessage().endswith(": running")]

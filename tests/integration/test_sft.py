@@ -8,12 +8,12 @@ import functools
 import lightning as L
 import torch
 
-from srl.chat import collate_right, encode_sft
-from srl.losses import sft_loss
-from srl.records import IFTExample
-from srl.schedules import warmup_cosine
-from srl.sft import SFTDataModule, SFTModule, SFTSettings, restore_dropout, set_dropout
-from srl.steps import StageProgress, read_steps
+from srl.data.records import IFTExample
+from srl.training.encoding import collate_right, encode_sft
+from srl.training.losses import sft_loss
+from srl.training.schedules import warmup_cosine
+from srl.training.sft import SFTDataModule, SFTModule, SFTSettings, restore_dropout, set_dropout
+from srl.training.steps import StageProgress, read_steps
 
 PAIRS = [
     ("Name a primary colour.", "Red is a primary colour."),
@@ -98,7 +98,7 @@ def test_batch_must_divide_into_micro_batches():
 def test_lean_loss_and_checkpointing_give_the_full_forward_gradients(tiny):
     """The SFT module's loss (head on target tokens only), with and without gradient checkpointing,
     has the same value and gradients as the plain full-logits loss."""
-    from srl.sft import checkpointing, is_checkpointing
+    from srl.training.sft import checkpointing, is_checkpointing
 
     ift = [IFTExample(prompt=p, response=r, tree_id=str(i), message_id=str(i)) for i, (p, r) in enumerate(PAIRS)]
     encoded, _ = encode_sft(tiny[1], ift, [], max_length=128)

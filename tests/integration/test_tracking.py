@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from srl.tracking import Tracker
+from srl.pipeline.tracking import Tracker
 
 
 def test_tracker_sends_metrics_and_table_to_offline_wandb(tmp_path, monkeypatch):

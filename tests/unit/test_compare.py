@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from srl import compare_plots
 from srl.compare import compare, fmt_number, main
-from srl.steps import write_steps
+from srl.evaluation import plots as compare_plots
+from srl.training.steps import write_steps
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 N_KEY = "generation.num_candidates"
@@ -59,7 +59,7 @@ LABELS = ["num_candidates=2", "num_candidates=4", "num_candidates=8"]
 
 
 def dpo_steps(losses: list[float], accuracy: float = 0.5) -> list[dict[str, float]]:
-    """train_steps.csv rows of a DPO stage, one per optimizer step (srl/steps.py)."""
+    """train_steps.csv rows of a DPO stage, one per optimizer step (srl/training/steps.py)."""
     return [{"step": float(s), "epoch": 0.0, "loss": loss, "rewards/accuracy": accuracy, "rewards/margin": 0.1, "pairs": 16.0, "lr": 1e-6}
             for s, loss in enumerate(losses, start=1)]
 
@@ -224,13 +224,21 @@ def test_no_plot_without_data(tmp_path):
     assert compare_plots.write_plots(runs, tmp_path, [("a", tmp_path)]) == []
 
 
-@pytest.mark.parametrize("make", [lambda p: p / "missing", lambda p: p])
+@pytest.mark.parametrize("make", [lambda p: p / "missing", lambda p: p], ids=["missing", "no_jobs"])
 def test_cli_without_jobs_exits_2_with_a_message(tmp_path, capsys, make):
     (tmp_path / "not_a_job").mkdir()
     path = make(tmp_path)
     assert main([str(path)]) == 2
     err = capsys.readouterr().err
     assert str(path) in err and "overrides.yaml" in err and "Traceback" not in err
+
+
+def test_a_single_run_dir_is_one_row(tmp_path):
+    (tmp_path / "summary.json").write_text(json.dumps({"status": "ok", "iter1/pairs/kept": 5, "m2/dpo/loss_mean": 0.6}))
+    (tmp_path / "not_a_job").mkdir()
+    assert main([str(tmp_path)]) == 0
+    _, rows = parse_markdown_table((tmp_path / "compare.md").read_text())
+    assert len(rows) == 1 and rows[0]["iter1/pairs/kept"] == "5" and rows[0]["m2/dpo/loss_mean"] == "0.6"
 
 
 def test_old_summary_key_shows_a_dash(tmp_path):
