@@ -15,11 +15,13 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import importlib
+import importlib.util
 from typing import Any
 
 from omegaconf import DictConfig
 
 from srl.config.types import MISSING, UNRESOLVED, leaves, plain_values, walk
+from srl.training.adapters import QUANT_MISSING
 
 
 class ConfigError(ValueError):
@@ -130,8 +132,12 @@ def validate_config(cfg: DictConfig) -> None:
 
 
 def _cross_rules(plain: dict) -> list[str]:
-    """Rules over several keys: a global batch splits into micro-batches on every process."""
+    """Rules over several keys: a global batch splits into micro-batches on every process; a
+    quantized base needs bitsandbytes (an optional dependency, ``srl[quant]``)."""
     out = []
+    peft = plain.get("peft") if isinstance(plain.get("peft"), dict) else {}
+    if peft.get("quantization") not in (None, "none") and importlib.util.find_spec("bitsandbytes") is None:
+        out.append("peft.quantization: " + QUANT_MISSING.format(q=peft["quantization"]))
     trainer = plain.get("trainer") if isinstance(plain.get("trainer"), dict) else {}
     devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1)
     world = devices * nodes if all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (devices, nodes)) else 1

@@ -24,6 +24,7 @@ copy per iteration is 140 GB of disk).
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -93,10 +94,18 @@ class PeftSettings:
         return self.method != "none"
 
 
+QUANT_MISSING = (
+    "peft.quantization={q} loads the base through bitsandbytes, which is not installed: "
+    "pip install 'srl[quant]' (or pip install bitsandbytes), or use peft=lora (no quantization)"
+)
+
+
 def quantization_config(settings: PeftSettings) -> Any | None:
     """The ``BitsAndBytesConfig`` for the base, or None when it is loaded in its own dtype."""
     if settings.quantization == "none":
         return None
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModuleNotFoundError(QUANT_MISSING.format(q=settings.quantization))
     from transformers import BitsAndBytesConfig
 
     if settings.quantization == "8bit":

@@ -139,3 +139,18 @@ def test_cli_fails_fast_naming_the_key(module, tmp_path):
     # Nothing but Hydra's own files: no data, no model, no W&B run.
     written = {p.relative_to(run_dir).parts[0] for p in run_dir.rglob("*")}
     assert written <= {".hydra", "run.log", f"{module.split('.')[1]}.log"}, written
+
+
+def test_a_quantized_base_without_bitsandbytes_is_refused_before_any_work(monkeypatch):
+    """bitsandbytes is optional (srl[quant]); peft=qlora without it stops at the config check, naming the fix."""
+    import importlib.util
+
+    from srl.training.adapters import PeftSettings, quantization_config
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"peft\.quantization: peft\.quantization=4bit loads the base through bitsandbytes.*srl\[quant\]"):
+        validate_config(compose(["peft=qlora", "hydra.run.dir=/tmp/x"]))
+    validate_config(compose(["peft=lora", "hydra.run.dir=/tmp/x"]))  # LoRA alone needs no bitsandbytes
+    with pytest.raises(ModuleNotFoundError, match=r"srl\[quant\]"):
+        quantization_config(PeftSettings(method="lora", quantization="8bit"))
