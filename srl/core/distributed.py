@@ -10,7 +10,7 @@ stage of the loop in the same order, and:
   ones one process writes (``tests/integration/test_distributed.py``).
 * **Training is data-parallel** through the Lightning strategy of ``conf/trainer`` (DDP, FSDP,
   DeepSpeed), which finds the process group initialised here.
-* **Files are written by rank 0 alone** (``records.atomic_write_text``, ``PartialJsonl``, model
+* **Files are written by rank 0 alone** (``rundir.atomic_write_text``, ``PartialJsonl``, model
   saves, the manifest); ranks wait at ``barrier`` where one reads what another wrote (a finished
   stage, a finished resumable file).
 

@@ -3,7 +3,7 @@
 Every row samples with its own ``torch.Generator`` seeded from the item's seed, so an item's text
 does not depend on which other items share its batch through the RNG (floating-point results of a
 batched forward can still differ in the last bits with the padding, which is why the loop's stages
-run items in fixed chunks: see ``aift.py``). Rows stop at EOS, at the chat template's end-of-turn
+run items in fixed chunks: see ``srl/generation/candidates.py``). Rows stop at EOS, at the chat template's end-of-turn
 token (``end_of_turn_id``), or at any id in ``stop_ids``.
 Temperature 0 is greedy decoding.
 """

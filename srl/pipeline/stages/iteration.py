@@ -1,7 +1,7 @@
 """Stages of iteration t (paper Sec. 3.2-3.3): prompts, candidates, judgements, pairs.
 
 Each reads the files of the stage before in ``iter{t}/`` and returns its metrics and outputs; the
-generation stages write in resumable chunks stamped with their config (``records.PartialJsonl``),
+generation stages write in resumable chunks stamped with their config (``srl.data.partial.PartialJsonl``),
 opened before a model loads so that a half-finished stage of another config is refused first.
 """
 
