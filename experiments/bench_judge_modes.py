@@ -36,7 +36,7 @@ OASST = ROOT.parent / "shared" / "data" / "oasst1" / "en_validation.jsonl"
 
 def load_groups(path: Path | None, limit: int | None, seed: int):
     from srl.data.records import RankedPrompt, read_jsonl
-    from srl.evaluation.model_eval import subset
+    from srl.core.subsets import subset
 
     if path is not None:
         groups = read_jsonl(path, RankedPrompt)
@@ -66,7 +66,7 @@ def main() -> None:
     from srl.data.partial import PartialJsonl
     from srl.data.records import Judgement, read_jsonl
     from srl.evaluation.judge_agreement import _average_ranks
-    from srl.evaluation.model_eval import ranked_candidates, rm_metrics
+    from srl.evaluation.rm import ranked_candidates, rm_metrics
     from srl.generation.sampling import SamplingSettings
     from srl.judging.templates import load_judge_template
 

@@ -173,8 +173,8 @@ def label_jobs(jobs: list[Job]) -> tuple[list[str], list[str]]:
 def default_columns(jobs: Sequence[Job]) -> list[str]:
     """The curated table columns, in the order of the loop, kept where at least one job has them:
     M1's SFT val loss; per iteration t the judge parse-fail rate, pairs kept and mean margin and
-    M_{t+1}'s DPO loss (mean over its optimizer steps, ``m{t+1}/dpo/loss_mean``); for M1 and the last evaluated model M_T judge pairwise accuracy, judge
-    parse-fail rate, head-to-head win rate and reply words; total time."""
+    M_{t+1}'s DPO loss (mean over its optimizer steps, ``m{t+1}/dpo/loss_mean``); for M1 and the last evaluated model M_T judge pairwise accuracy
+    beside the longer-reply baseline's, judge parse-fail rate, implicit-reward accuracy, head-to-head win rate and reply words; total time."""
     keys = {k for j in jobs for k in j.metrics}
 
     def found(pattern: str) -> list[int]:
@@ -185,7 +185,8 @@ def default_columns(jobs: Sequence[Job]) -> list[str]:
         wanted += [f"iter{t}/judge/parse_fail_rate", f"iter{t}/pairs/kept", f"iter{t}/pairs/mean_margin", f"m{t + 1}/dpo/loss_mean"]
     evaluated = found(r"eval/m(\d+)/")
     for m in [t for t in evaluated if t == 1 or t == evaluated[-1]]:
-        wanted += [f"eval/m{m}/rm/pairwise_acc", f"eval/m{m}/rm/parse_fail_rate", f"eval/m{m}/h2h/win_rate", f"eval/m{m}/h2h/len_words_model"]
+        wanted += [f"eval/m{m}/rm/pairwise_acc", f"eval/m{m}/rm/length_pairwise_acc", f"eval/m{m}/rm/parse_fail_rate",
+                   f"eval/m{m}/implicit/accuracy", f"eval/m{m}/h2h/win_rate", f"eval/m{m}/h2h/len_words_model"]
     return [k for k in wanted + [TOTAL_TIME] if k in keys]
 
 

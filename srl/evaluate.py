@@ -26,7 +26,8 @@ from srl.core.distributed import local_device
 from srl.core.hashing import config_fingerprint
 from srl.core.rundir import Stamp
 from srl.data import prompt_sets as evalsets
-from srl.evaluation.model_eval import EvalSettings, evaluate_model, model_baseline, reference_baseline
+from srl.data.preference_sets import load_preference_set
+from srl.evaluation.model_eval import EvalSettings, ModelReference, evaluate_model, model_baseline, pairs_as_groups, reference_baseline
 from srl.evaluation.report import write_table
 from srl.generation.slot import ModelSlot
 from srl.judging.settings import JudgeSettings
@@ -57,7 +58,8 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     settings: EvalSettings = instantiate(cfg.eval)
     judge = instantiate(cfg.judge)
     data = heldout_data(cfg, judge)
-    if settings.rm.enabled and not data.ranked_heldout:
+    preference_sets = [(p.name, pairs_as_groups(load_preference_set(p)[0])) for p in settings.preference_sets]
+    if settings.rm.enabled and not data.ranked_heldout and not preference_sets:
         raise ValueError(f"no held-out prompt with two or more ranked replies in {cfg.data.source}; raise data.build.heldout_fraction")
     prompts = evalsets.load_prompt_set(settings.h2h.prompts, data.ift_heldout) if settings.h2h.enabled or settings.alpaca_export else []
     spec = instantiate(cfg.model)
@@ -73,14 +75,25 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         baseline = model_baseline(h2h.baseline, spec_from_name(h2h.baseline), slot, out_dir / "baseline", h2h, stamp)
     elif h2h.enabled:
         log.warning("eval h2h: no baseline; set eval.h2h.baseline (model folder, Hub id or 'embedded') or eval.h2h.reference (replies file)")
+    judge_name = h2h.judge
+    if judge_name and judge_name[:1] in "mM" and judge_name[1:].isdigit():
+        log.info("eval.h2h.judge=%s names a model of a run (the loop's M1 referee); here the evaluated model judges "
+                 "(set eval.h2h.judge to a model folder, Hub id or 'embedded' for a fixed judge)", judge_name)
+        judge_name = None
+    h2h_judge = (f"judge:{judge_name}", spec_from_name(judge_name)) if judge_name else None
+    imp = settings.implicit
+    reference = ModelReference(imp.reference, spec_from_name(imp.reference), slot, out_dir, imp, stamp) if imp.enabled and imp.reference else None
+    if imp.enabled and not imp.reference:
+        log.info("eval implicit: no reference model (eval.implicit.reference); only the held-out NLL is computed")
     with rundir.working_in(out_dir):  # a rerun in the same dir resumes; chunks of another config are discarded
-        result = evaluate_model(name, "model", spec, slot, out_dir, settings, judge, data.ranked_heldout, prompts, baseline, cfg.seed, stamp)
+        result = evaluate_model(name, "model", spec, slot, out_dir, settings, judge, data.ranked_heldout, prompts, baseline, cfg.seed, stamp,
+                                reference=reference, h2h_judge=h2h_judge, preference_sets=preference_sets)
     named = {f"eval/{k}": v for k, v in result.items()}
     tracker = Tracker(out_dir, build_logger(cfg))
     try:
         tracker.log({"eval/model": name, **named})
-        columns, cells = write_table(out_dir / "eval.md", f"Evaluation of {name}", [(name, result)])
-        tracker.log_table("eval/table", columns, cells)
+        for key, columns, cells in write_table(out_dir / "eval.md", f"Evaluation of {name}", [(name, result)]):
+            tracker.log_table(key, columns, cells)
         tracker.write_summary()
     finally:
         close_logger(tracker.logger)

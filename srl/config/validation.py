@@ -106,7 +106,10 @@ RULES: dict[str, Rule] = {
     "iteration.num_models": COUNT, "iteration.checkpoint_every_n_steps": NONNEG, "iteration.on_no_pairs": Rule(choices=("error", "carry")),
     "eval.rm.num_samples": COUNT, "eval.rm.max_prompts": COUNT, "eval.h2h.bootstrap_samples": COUNT,
     "eval.h2h.against": Rule(choices=("start", "previous")), "eval.h2h.prompts.kind": Rule(choices="srl.data.prompt_sets:KINDS"),
-    "eval.h2h.prompts.limit": COUNT,
+    "eval.h2h.prompts.limit": COUNT, "eval.h2h.protocol": Rule(choices="srl.evaluation.head_to_head:PROTOCOLS"),
+    "eval.h2h.num_samples": COUNT, "eval.h2h.tie_margin": NONNEG, "eval.bootstrap_samples": COUNT,
+    "eval.implicit.against": Rule(choices=("start", "previous")), "eval.implicit.tie_tolerance": NONNEG,
+    "eval.implicit.max_length": COUNT, "eval.implicit.batch_size": COUNT, "eval.preference_sets.*.limit": COUNT,
 }
 
 
@@ -131,6 +134,18 @@ def validate_config(cfg: DictConfig) -> None:
 
 
 
+def _eval_rules(plain: dict) -> list[str]:
+    """The head-to-head judge must exist when eval/m1 runs."""
+    out = []
+    ev = plain.get("eval") if isinstance(plain.get("eval"), dict) else {}
+    h2h = ev.get("h2h") if isinstance(ev.get("h2h"), dict) else {}
+    judge = h2h.get("judge")
+    if isinstance(judge, str) and judge[:1] in "mM" and judge[1:].isdigit() and int(judge[1:]) > 1:
+        out.append(f"eval.h2h.judge: got {judge!r}; the first head-to-head (eval/m1) runs before M{judge[1:]} exists (allowed: m0, m1, "
+                   "null, or a model folder / Hub id / 'embedded')")
+    return out
+
+
 def _cross_rules(plain: dict) -> list[str]:
     """Rules over several keys: a global batch splits into micro-batches on every process; a
     quantized base needs bitsandbytes (an optional dependency, ``srl[quant]``)."""
@@ -141,6 +156,7 @@ def _cross_rules(plain: dict) -> list[str]:
     trainer = plain.get("trainer") if isinstance(plain.get("trainer"), dict) else {}
     devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1)
     world = devices * nodes if all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (devices, nodes)) else 1
+    out += _eval_rules(plain)
     for section in ("sft", "dpo"):
         s = plain.get(section) if isinstance(plain.get(section), dict) else {}
         batch, micro = s.get("batch_size"), s.get("micro_batch_size")

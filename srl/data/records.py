@@ -9,6 +9,8 @@ the file, the line and the field when something is wrong (rule 8).
 from __future__ import annotations
 
 import dataclasses
+import gzip
+import io
 import json
 import os
 import types
@@ -126,9 +128,21 @@ def _not_utf8(path: str | os.PathLike, data: bytes, exc: UnicodeDecodeError, fir
     )
 
 
-def read_text(path: str | os.PathLike) -> str:
-    """The whole file as UTF-8 text; bytes that are not UTF-8 raise ``RecordError`` naming file, line and byte offset."""
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """The file's bytes; a ``.gz`` file decompressed (one that is not gzip raises ``RecordError``)."""
     data = Path(path).read_bytes()
+    if str(path).endswith(".gz"):
+        try:
+            return gzip.decompress(data)
+        except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+            raise RecordError(f"{path}: not a readable gzip file ({exc})") from None
+    return data
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """The whole file (``.gz``: decompressed) as UTF-8 text; bytes that are not UTF-8 raise
+    ``RecordError`` naming file, line and byte offset."""
+    data = read_bytes(path)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -144,11 +158,11 @@ def loads_json(text: str, path: str | os.PathLike) -> Any:
 
 
 def iter_json_lines(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
-    """Yield ``(line_number, decoded_object)`` for each non-blank line; bad JSON or bytes that are not
-    UTF-8 name the file and the line."""
+    """Yield ``(line_number, decoded_object)`` for each non-blank line (a ``.gz`` file decompressed;
+    offsets then count decompressed bytes); bad JSON or bytes that are not UTF-8 name the file and the line."""
     path = Path(path)
     offset = 0  # bytes before this line, for the not-UTF-8 message
-    with path.open("rb") as fh:
+    with (io.BytesIO(read_bytes(path)) if path.name.endswith(".gz") else path.open("rb")) as fh:
         for lineno, raw in enumerate(fh, start=1):
             try:
                 line = raw.decode("utf-8")

@@ -5,19 +5,27 @@
         data=oasst_local data.source.path=../shared/data/oasst1/en_validation.jsonl \\
         eval.h2h.baseline=embedded                           # + M1 vs SmolLM2 as shipped
 
-Three parts, each switchable in ``conf/eval``:
+Parts, each switchable in ``conf/eval``:
 
-- **rm** (reward modelling): every reply of every held-out prompt with two or more human-ranked
-  replies is judged K times with the configured judge; the mean of the parsable samples is the
-  reply's score. Held-out trees come from the same seeded split by ``message_tree_id`` as
-  training, so evaluation prompts never come from a training tree. Metrics (``eval/rm/*``,
-  defined in ``srl.evaluation.judge_agreement``): pairwise accuracy (score ties count as wrong; the tie rate is
-  reported), 5-best %, exact match %, Spearman and Kendall tau averaged over prompts, judge
-  parse-failure rate and score histogram.
-- **replies**: one reply per evaluation prompt (``replies.jsonl``) and its AlpacaEval export
-  (``alpaca_eval.json``).
-- **h2h** (head-to-head, ``srl.evaluation.head_to_head``): the replies against a baseline model's or a reference
-  file's, judged pairwise in both orders; win/tie/loss with 95% bootstrap intervals (``eval/h2h/*``).
+- **rm** (reward modelling, ``srl.evaluation.rm``): every reply of every held-out prompt with two or
+  more human-ranked replies is judged K times with the configured judge; the mean of the parsable
+  samples is the reply's score. Held-out trees come from the same seeded split by
+  ``message_tree_id`` as training, so evaluation prompts never come from a training tree. Metrics
+  (``eval/rm/*``, defined in ``srl.evaluation.judge_agreement``): pairwise accuracy (score ties count
+  as wrong; the tie rate is reported), 5-best %, exact match %, Spearman and Kendall tau averaged
+  over prompts, each with a 95% bootstrap interval over prompts and the same metric for the
+  baseline "the longer reply wins" on the same pairs; judge parse-failure rate, score histogram.
+- **implicit** (``srl.evaluation.implicit_reward``, no judge): each held-out reply's log-prob under
+  the model (``heldout_logprobs.jsonl``); the held-out NLL of the human best replies
+  (``heldout/best_reply_nll``) and, against a reference's log-probs of the same replies (M0 or
+  M_{t-1} in the loop), the implicit-reward accuracy on the human pairs (``implicit/*``).
+- **preference sets** (``eval.preference_sets``, ``srl.data.preference_sets``): the rm and implicit
+  measures on each prompt / chosen / rejected set, as two-reply groups (``pref/<name>/...``).
+- **replies**: one reply per evaluation prompt (``replies.jsonl``), its AlpacaEval export
+  (``alpaca_eval.json``) and its mean length in tokens.
+- **h2h** (head-to-head, ``srl.evaluation.head_to_head``): the replies against a baseline model's or
+  a reference file's, judged by verdicts in both orders (``pairwise``) or by the rubric's score of
+  each reply (``pointwise``); win/tie/loss with 95% bootstrap intervals (``eval/h2h/*``).
 
 The loop runs the same evaluation after every model M_t (``srl.pipeline.loop``); ``srl.evaluation.report`` makes the
 table with a row per model.
@@ -27,21 +35,23 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import random
+import statistics
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from srl.core.rundir import Stamp
+from srl.core.subsets import subset
 from srl.data import prompt_sets as evalsets
 from srl.data.partial import PartialJsonl
+from srl.data.preference_sets import PreferencePair, PreferenceSetSettings
 from srl.data.records import Candidate, Judgement, PromptRecord, RankedPrompt, read_jsonl
 from srl.evaluation import head_to_head as headtohead
-from srl.evaluation import judge_agreement as metrics
+from srl.evaluation import implicit_reward as implicit
+from srl.evaluation import rm
 from srl.evaluation.head_to_head import Comparison, H2HSettings
+from srl.evaluation.implicit_reward import ImplicitSettings, ReplyLogprob
 from srl.generation.slot import ModelSlot
-from srl.judging.pointwise import judge_candidates, judgement_metrics
 from srl.judging.settings import JudgeSettings
-from srl.models.embedded import spec_from_name
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +59,12 @@ log = logging.getLogger(__name__)
 # Returns the baseline's replies by prompt id and the baseline's name; called after the model's own
 # replies are written, so that a baseline model is loaded only then (one model in memory).
 BaselineFn = Callable[[Sequence[PromptRecord]], tuple[dict[str, Candidate], str]]
+
+# Returns the reference's log-probs of the replies of the groups whose own log-probs file is at the
+# given path (relative to the evaluation's folder), or None when there are none (logged).
+ReferenceFn = Callable[[str, Sequence[RankedPrompt]], "dict[implicit.Key, ReplyLogprob] | None"]
+
+LOGPROBS = "heldout_logprobs.jsonl"
 
 
 @dataclasses.dataclass
@@ -67,98 +83,110 @@ class EvalSettings:
 
     rm: RMSettings
     h2h: H2HSettings
+    implicit: ImplicitSettings = dataclasses.field(default_factory=ImplicitSettings)
+    preference_sets: Sequence[PreferenceSetSettings] = ()
     in_loop: bool = True
     alpaca_export: bool = True
+    bootstrap_samples: int = 1000  # 95% intervals of rm, implicit and preference-set metrics
+
+    def __post_init__(self) -> None:
+        if self.bootstrap_samples < 1:
+            raise ValueError(f"eval.bootstrap_samples must be >= 1, got {self.bootstrap_samples}")
+        names = [p.name for p in self.preference_sets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"eval.preference_sets: names must differ, got {names}")
 
 
-def ranked_candidates(groups: Sequence[RankedPrompt]) -> list[Candidate]:
-    """Each human-ranked reply as a candidate record (prompt id = the prompt's message id)."""
-    return [Candidate(g.message_id, i, g.prompt, reply, 0, True) for g in groups for i, reply in enumerate(g.replies)]
+def pairs_as_groups(pairs: Sequence[PreferencePair]) -> list[RankedPrompt]:
+    """A preference set as two-reply groups: chosen rank 0, rejected rank 1 (a tie label: both 0)."""
+    return [RankedPrompt(p.prompt, (p.chosen, p.rejected), (0, 0) if p.tie else (0, 1), p.pair_id.split(":")[0], p.pair_id) for p in pairs]
 
 
-def rm_metrics(groups: Sequence[RankedPrompt], judgements: Sequence[Judgement], template: Any) -> dict[str, Any]:
-    """The paper's judge-agreement metrics from judged replies of human-ranked groups."""
-    scores = {(j.prompt_id, j.candidate): j.score for j in judgements}
-    pairs = metrics.PairCounts(0, 0, 0, 0)
-    hits = best = exact = exact_total = 0
-    spearmans, kendalls = [], []
-    for g in groups:
-        s = [scores.get((g.message_id, i)) for i in range(len(g.replies))]
-        pairs = pairs + metrics.pair_counts(s, g.ranks)
-        h, b = metrics.best_hits(s, g.ranks, template.max_score)
-        hits, best = hits + h, best + b
-        match = metrics.exact_match(s, g.ranks)
-        if match is not None:
-            exact, exact_total = exact + int(match), exact_total + 1
-        spearmans.append(metrics.spearman(s, g.ranks))
-        kendalls.append(metrics.kendall_tau(s, g.ranks))
-    spearman, spearman_undefined = metrics.mean_defined(spearmans)
-    kendall, kendall_undefined = metrics.mean_defined(kendalls)
-    out: dict[str, Any] = {
-        "prompts": len(groups),
-        "replies": sum(len(g.replies) for g in groups),
-        "pairs": pairs.agree + pairs.disagree + pairs.tie,
-        "pairs_unscored": pairs.unscored,
-        "pairwise_acc": pairs.accuracy,
-        "tie_rate": pairs.tie_rate,
-        "five_best_pct": 100.0 * hits / best if best else None,
-        "five_best_count": best,
-        "exact_match_pct": 100.0 * exact / exact_total if exact_total else None,
-        "spearman": spearman,
-        "spearman_undefined": spearman_undefined,
-        "kendall_tau": kendall,
-        "kendall_undefined": kendall_undefined,
-    }
-    judged = judgement_metrics(judgements, template)
-    out["parse_fail_rate"] = judged["parse_fail_rate"]
-    out.update({k: v for k, v in judged.items() if k.startswith("score_hist/")})
-    return out
+@dataclasses.dataclass(frozen=True)
+class GroupSet:
+    """Human-ranked groups evaluated the same way: ``prefix`` names their metrics, ``folder`` their
+    files (relative to the evaluation's folder; "" for the held-out oasst1 trees)."""
+
+    prefix: str
+    folder: str
+    groups: Sequence[RankedPrompt]
 
 
-def evaluate_judge(
-    model: Any, tokenizer: Any, groups: Sequence[RankedPrompt], judge: JudgeSettings, seed: int, out_dir: Path, stamp: Stamp | None = None,
-) -> dict[str, Any]:
-    """Judge every reply (resumable, written to ``rm_judgements.jsonl``) and compute the metrics."""
-    store = PartialJsonl(out_dir / "rm_judgements.jsonl", Judgement, stamp, on_stale="discard")
-    judge_candidates(model, tokenizer, ranked_candidates(groups), judge, seed, 0, store)
-    judgements = read_jsonl(store.finish(), Judgement)
-    return rm_metrics(groups, judgements, judge.template)
+def heldout_and_preference_sets(groups: Sequence[RankedPrompt], preference_sets: Sequence[tuple[str, Sequence[RankedPrompt]]]) -> list[GroupSet]:
+    """The held-out trees (metrics ``rm/*``, ``implicit/*``, ``heldout/*``) and each preference set
+    (``pref/<name>/rm/*`` ...), files under ``pref/<name>/``."""
+    return [GroupSet("", "", groups)] + [GroupSet(f"pref/{name}/", f"pref/{name}", g) for name, g in preference_sets]
 
 
-def subset(items: Sequence[Any], limit: int | None, seed: int) -> list[Any]:
-    """A seeded subset of ``limit`` items in their original order (all of them when ``limit`` is None)."""
-    if limit is None or len(items) <= limit:
-        return list(items)
-    return [items[i] for i in sorted(random.Random(seed).sample(range(len(items)), limit))]
+def _judge_and_score(
+    model: Any, tokenizer: Any, gs: GroupSet, out_dir: Path, settings: EvalSettings, judge: JudgeSettings, seed: int, stamp: Stamp | None,
+) -> tuple[dict[str, Any], dict[Any, Any]]:
+    """rm metrics of one group set, and its replies' log-probs under ``model`` (for implicit rewards)."""
+    folder = out_dir / gs.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {}
+    groups = subset(gs.groups, settings.rm.max_prompts, settings.rm.seed) if not gs.folder else list(gs.groups)
+    if settings.rm.enabled:
+        k = settings.rm.num_samples or judge.num_samples
+        store = PartialJsonl(folder / "rm_judgements.jsonl", Judgement, stamp, on_stale="discard")
+        judgements = rm.judge_groups(model, tokenizer, groups, dataclasses.replace(judge, num_samples=k), seed, store)
+        stats = rm.rm_metrics(groups, judgements, judge.template, settings.bootstrap_samples, settings.rm.seed)
+        result.update({f"{gs.prefix}rm/{name}": v for name, v in stats.items()})
+        result[f"{gs.prefix}rm/judge_samples"] = k
+    logprobs: dict[Any, Any] = {}
+    if settings.implicit.enabled:
+        imp = settings.implicit
+        store = PartialJsonl(folder / LOGPROBS, ReplyLogprob, stamp, on_stale="discard")
+        implicit.reply_logprobs(model, tokenizer, gs.groups, imp.max_length, imp.batch_size, store)
+        logprobs = implicit.by_key(read_jsonl(store.finish(), ReplyLogprob))
+        result.update({f"{gs.prefix}heldout/{name}": v for name, v in implicit.best_reply_nll(gs.groups, logprobs).items()})
+    return result, logprobs
 
 
 def evaluate_model(
     name: str, key: str, spec: Any, slot: ModelSlot, out_dir: Path, settings: EvalSettings, judge: JudgeSettings,
     groups: Sequence[RankedPrompt], prompts: Sequence[PromptRecord], baseline: BaselineFn | None, seed: int,
-    stamp: Stamp | None = None,
+    stamp: Stamp | None = None, reference: ReferenceFn | None = None, h2h_judge: tuple[str, Any] | None = None,
+    preference_sets: Sequence[tuple[str, Sequence[RankedPrompt]]] = (),
 ) -> dict[str, Any]:
-    """Run the enabled evaluations of one model into ``out_dir``; metrics named ``rm/*`` and ``h2h/*``.
+    """Run the enabled evaluations of one model into ``out_dir``; metrics named ``rm/*``, ``heldout/*``,
+    ``implicit/*``, ``replies/*``, ``h2h/*`` and ``pref/<set>/...``.
 
     Every output is written in chunks and resumes where it stopped; with a ``stamp`` (the stage and
     its config), chunks written under another config are discarded first, never mixed in. Models
     are loaded through ``slot`` (one in memory): the evaluated model, then the baseline model if
-    any, then the judge.
+    any, then the head-to-head judge (``h2h_judge``: (slot key, spec); None: the evaluated model),
+    then the implicit-reward ``reference`` if it is a model.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {}
     model, tokenizer = slot.get(key, spec)
-    if settings.rm.enabled:
-        if groups:
-            rm_groups = subset(groups, settings.rm.max_prompts, settings.rm.seed)
-            k = settings.rm.num_samples or judge.num_samples
-            rm = evaluate_judge(model, tokenizer, rm_groups, dataclasses.replace(judge, num_samples=k), seed, out_dir, stamp)
-            result.update({f"rm/{k2}": v for k2, v in rm.items()})
-            result["rm/judge_samples"] = k
-        else:
-            log.warning("eval rm: no held-out prompt with two or more ranked replies; skipped")
-    h2h = settings.h2h
-    if not prompts or not (h2h.enabled or settings.alpaca_export):
-        return result
+    sets = heldout_and_preference_sets(groups, preference_sets)
+    if not groups:
+        log.warning("eval rm: no held-out prompt with two or more ranked replies; skipped")
+        sets = sets[1:]
+    policy = {}
+    for gs in sets:
+        metrics, policy[gs.prefix] = _judge_and_score(model, tokenizer, gs, out_dir, settings, judge, seed, stamp)
+        result.update(metrics)
+    if prompts and (settings.h2h.enabled or settings.alpaca_export):
+        result.update(_replies_and_h2h(name, key, spec, slot, model, tokenizer, out_dir, settings, judge, prompts, baseline, stamp, h2h_judge))
+    if settings.implicit.enabled and reference is not None:
+        for gs in sets:
+            ref = reference(f"{gs.folder}/{LOGPROBS}" if gs.folder else LOGPROBS, gs.groups)
+            if ref is None:
+                continue
+            imp = implicit.implicit_reward_metrics(gs.groups, policy[gs.prefix], ref, settings.implicit.tie_tolerance, settings.bootstrap_samples, settings.rm.seed)
+            result.update({f"{gs.prefix}implicit/{k}": v for k, v in imp.items()})
+            result[f"{gs.prefix}implicit/reference"] = getattr(reference, "name", None)
+    return result
+
+
+def _replies_and_h2h(
+    name: str, key: str, spec: Any, slot: ModelSlot, model: Any, tokenizer: Any, out_dir: Path, settings: EvalSettings, judge: JudgeSettings,
+    prompts: Sequence[PromptRecord], baseline: BaselineFn | None, stamp: Stamp | None, h2h_judge: tuple[str, Any] | None,
+) -> dict[str, Any]:
+    h2h, result = settings.h2h, {}
     store = PartialJsonl(out_dir / "replies.jsonl", Candidate, stamp, on_stale="discard")
     headtohead.generate_replies(model, tokenizer, prompts, h2h.reply_sampling, h2h.seed, store)
     replies = read_jsonl(store.finish(), Candidate)
@@ -166,6 +194,7 @@ def evaluate_model(
         evalsets.write_alpaca_eval(out_dir / "alpaca_eval.json", replies, name)
     result["replies/count"] = len(replies)
     result["replies/truncated_rate"] = sum(not r.finished for r in replies) / len(replies)
+    result["replies/tokens_mean"] = statistics.fmean(r.num_tokens for r in replies)
     if not h2h.enabled or baseline is None:
         return result
     theirs, baseline_name = baseline(prompts)
@@ -175,16 +204,60 @@ def evaluate_model(
         log.warning("eval h2h: %d of %d prompts have no %s reply; they are left out", missing, len(mine), baseline_name)
     if missing == len(mine):
         raise ValueError(f"eval h2h: no prompt of the evaluation set has a reply from {baseline_name}; check eval.h2h.reference / prompts")
-    judge_model, judge_tokenizer = (slot.get(key, spec) if h2h.judge is None else slot.get(f"judge:{h2h.judge}", spec_from_name(h2h.judge)))
-    comparisons = PartialJsonl(out_dir / "h2h_comparisons.jsonl", Comparison, stamp, on_stale="discard")
-    headtohead.compare(judge_model, judge_tokenizer, mine, theirs, h2h, comparisons)
-    judged = read_jsonl(comparisons.finish(), Comparison)
-    stats = headtohead.h2h_metrics(judged, mine, theirs, h2h.bootstrap_samples, h2h.seed)
+    judge_key, judge_spec = h2h_judge or (key, spec)
+    judge_model, judge_tokenizer = slot.get(judge_key, judge_spec)
+    if h2h.protocol == "pointwise" and judge.mode == "pairwise":
+        log.warning("eval h2h: the run's judge is pairwise (judge.mode=pairwise), which has no rubric to score replies with: "
+                    "the head-to-head uses the pairwise protocol (the table's protocol column says so)")
+    if h2h.protocol == "pointwise" and judge.mode != "pairwise":
+        scoring = dataclasses.replace(judge, num_samples=h2h.num_samples or judge.num_samples, sampling=h2h.judge_sampling)
+        scores = PartialJsonl(out_dir / "h2h_scores.jsonl", Judgement, stamp, on_stale="discard")
+        judged = headtohead.score_pointwise(judge_model, judge_tokenizer, mine, theirs, scoring, h2h.seed, scores)
+        stats = headtohead.pointwise_metrics(judged, mine, theirs, h2h.tie_margin, h2h.bootstrap_samples, h2h.seed)
+    else:
+        comparisons = PartialJsonl(out_dir / "h2h_comparisons.jsonl", Comparison, stamp, on_stale="discard")
+        headtohead.compare(judge_model, judge_tokenizer, mine, theirs, h2h, comparisons)
+        stats = headtohead.h2h_metrics(read_jsonl(comparisons.finish(), Comparison), mine, theirs, h2h.bootstrap_samples, h2h.seed)
     result.update({f"h2h/{k}": v for k, v in stats.items()})
     result["h2h/prompts_without_baseline"] = missing
     result["h2h/baseline"] = baseline_name
-    result["h2h/judge"] = h2h.judge or name
+    result["h2h/judge"] = name if h2h_judge is None else h2h_judge[0].removeprefix("judge:")
     return result
+
+
+@dataclasses.dataclass
+class FileReference:
+    """Reference log-probs an earlier evaluation wrote under ``folder`` (the loop: ``eval/m0``)."""
+
+    name: str
+    folder: Path
+
+    def __call__(self, relative: str, groups: Sequence[RankedPrompt]) -> dict[implicit.Key, ReplyLogprob] | None:
+        path = self.folder / relative
+        if not path.is_file():
+            log.warning("eval implicit: %s has no reference log-probs (%s); implicit-reward accuracy against %s skipped", self.folder, relative, self.name)
+            return None
+        return implicit.by_key(read_jsonl(path, ReplyLogprob))
+
+
+@dataclasses.dataclass
+class ModelReference:
+    """Reference log-probs computed with a reference model, kept under ``out_dir/reference``."""
+
+    name: str
+    spec: Any
+    slot: ModelSlot
+    out_dir: Path
+    settings: ImplicitSettings
+    stamp: Stamp | None = None
+
+    def __call__(self, relative: str, groups: Sequence[RankedPrompt]) -> dict[implicit.Key, ReplyLogprob]:
+        model, tokenizer = self.slot.get(f"reference:{self.name}", self.spec)
+        path = self.out_dir / "reference" / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        store = PartialJsonl(path, ReplyLogprob, self.stamp, on_stale="discard")
+        implicit.reply_logprobs(model, tokenizer, groups, self.settings.max_length, self.settings.batch_size, store)
+        return implicit.by_key(read_jsonl(store.finish(), ReplyLogprob))
 
 
 def reference_baseline(path: str | Path, name: str | None = None) -> BaselineFn:

@@ -25,6 +25,7 @@ import lightning as L
 from srl.core import distributed, rundir
 from srl.core.progress import ChunkHook
 from srl.core.rundir import Stamp
+from srl.data.preference_sets import load_preference_set
 from srl.evaluation.model_eval import EvalSettings
 from srl.generation.candidates import CandidateSettings
 from srl.generation.prompts import PromptGenSettings
@@ -118,6 +119,8 @@ class SelfRewardingLoop:
         self.pairs = pairs if pairs is not None else PairSettings(seed=loop.seed)
         self.evaluation = evaluation if evaluation is not None and evaluation.in_loop else None
         self.stages = stage_names(loop.num_models, self.evaluation is not None)
+        for pref in self.evaluation.preference_sets if self.evaluation else ():
+            load_preference_set(pref)  # a malformed preference set stops here (file, line, field), before any model loads
         if loop.stop_after is not None and loop.stop_after not in self.stages:
             raise ValueError(f"iteration.stop_after={loop.stop_after!r} is not a stage of this run (eval.in_loop is off); stages: {self.stages}")
         self.manifest = Manifest(self.run_dir)  # an unreadable manifest stops here, before any model loads

@@ -53,40 +53,53 @@ def test_smoke_experiment_cli_runs_m1_to_m3(tmp_path):
 
 
 def check_eval_table(run_dir: Path, summary: dict, models: int) -> None:
-    """The run ends with the evaluation table: a row per model M0..M_T, its numbers from the files."""
+    """The run ends with the evaluation tables: a row per model M0..M_T, every number recomputed from
+    the run's files (judge metrics with the length baseline and intervals, implicit reward against
+    M0, held-out NLL, reply length, the pointwise head-to-head judged by M1)."""
     from srl.data.records import Candidate, Judgement, RankedPrompt, read_jsonl
-    from srl.evaluation.head_to_head import Comparison, h2h_metrics
-    from srl.evaluation.model_eval import rm_metrics
+    from srl.evaluation.head_to_head import pointwise_metrics
+    from srl.evaluation.implicit_reward import ReplyLogprob, best_reply_nll, by_key, implicit_reward_metrics
+    from srl.evaluation.rm import rm_metrics
     from srl.judging.templates import load_judge_template
 
-    table = summary["eval/table"]
-    assert [row["model"] for row in table] == [f"M{t}" for t in range(models)]
+    table, models_table = summary["eval/table"], summary["eval/models_table"]
+    assert [row["model"] for row in table] == [row["model"] for row in models_table] == [f"M{t}" for t in range(models)]
     markdown = (run_dir / "eval" / "table.md").read_text()
-    assert all(f"| M{t} |" in markdown for t in range(models))
+    assert all(f"| M{t} |" in markdown for t in range(models)) and "longer wins" in markdown
     groups = read_jsonl(run_dir / "data" / "ranked_heldout.jsonl", RankedPrompt)
     heldout_ids = {json.loads(line)["message_id"] for line in (run_dir / "data" / "ift_heldout.jsonl").read_text().splitlines()}
+    logprobs = {t: by_key(read_jsonl(run_dir / "eval" / f"m{t}" / "heldout_logprobs.jsonl", ReplyLogprob)) for t in range(models)}
     for t in range(models):
         d = run_dir / "eval" / f"m{t}"
         judgements = read_jsonl(d / "rm_judgements.jsonl", Judgement)
         evaluated = [g for g in groups if g.message_id in {j.prompt_id for j in judgements}]
         assert len(evaluated) == summary[f"eval/m{t}/rm/prompts"] == 4  # eval.rm.max_prompts in the smoke experiment
-        expected = rm_metrics(evaluated, judgements, load_judge_template())
-        for key in ("pairwise_acc", "tie_rate", "five_best_pct", "exact_match_pct", "spearman", "kendall_tau", "parse_fail_rate"):
+        expected = rm_metrics(evaluated, judgements, load_judge_template(), 200, 0)  # smoke: eval.bootstrap_samples=200
+        for key in ("pairs", "pairwise_acc", "pairwise_acc_ci_low", "pairwise_acc_ci_high", "length_pairwise_acc", "length_pairwise_acc_ci_low",
+                    "spearman_ci_high", "kendall_tau_ci_low", "vs_length", "tie_rate", "five_best_pct", "exact_match_pct", "spearman",
+                    "kendall_tau", "parse_fail_rate"):
             assert summary[f"eval/m{t}/rm/{key}"] == expected[key], (t, key)
+        assert table[t]["pairs"] == str(expected["pairs"])
+        nll = best_reply_nll(groups, logprobs[t])["best_reply_nll"]
+        assert summary[f"eval/m{t}/heldout/best_reply_nll"] == nll and models_table[t]["held-out NLL"] == f"{nll:.4f}"
         replies = read_jsonl(d / "replies.jsonl", Candidate)
         assert len(replies) == 4 and all(r.prompt_id.removeprefix("oasst_") in heldout_ids for r in replies)
+        assert summary[f"eval/m{t}/replies/tokens_mean"] == sum(r.num_tokens for r in replies) / 4
         alpaca = json.loads((d / "alpaca_eval.json").read_text())
         assert alpaca == [{"instruction": r.prompt, "output": r.response, "generator": f"M{t}"} for r in replies]
         if t == 0:
-            assert not (d / "h2h_comparisons.jsonl").exists() and table[0]["h2h vs"] == "-"
+            assert not (d / "h2h_scores.jsonl").exists() and models_table[0]["h2h vs"] == "-" and models_table[0]["implicit acc"] == "-"
             continue
-        comparisons = read_jsonl(d / "h2h_comparisons.jsonl", Comparison)
-        assert sorted((c.prompt_id, c.order) for c in comparisons) == sorted((r.prompt_id, o) for r in replies for o in ("ab", "ba"))
+        implicit = implicit_reward_metrics(groups, logprobs[t], logprobs[t - 1], 1e-3, 200, 0)  # eval.implicit.against=previous
+        for key, value in implicit.items():
+            assert summary[f"eval/m{t}/implicit/{key}"] == value, (t, key)
+        scores = read_jsonl(d / "h2h_scores.jsonl", Judgement)
+        assert sorted((j.prompt_id, j.candidate) for j in scores) == sorted((r.prompt_id, side) for r in replies for side in (0, 1))
         m0 = {r.prompt_id: r for r in read_jsonl(run_dir / "eval" / "m0" / "replies.jsonl", Candidate)}
-        expected = h2h_metrics(comparisons, {r.prompt_id: r for r in replies}, m0, 200, 0)
+        expected = pointwise_metrics(scores, {r.prompt_id: r for r in replies}, m0, 0.0, 200, 0)
         for key, value in expected.items():
             assert summary[f"eval/m{t}/h2h/{key}"] == value, (t, key)
-        assert table[t]["h2h vs"] == "M0"
+        assert models_table[t]["h2h vs"] == "M0" and models_table[t]["judge"] == "M1" and models_table[t]["protocol"] == "pointwise"
 
 
 def loop_for(run_dir: Path, *overrides: str, evaluate: bool = False):
@@ -238,7 +251,8 @@ def test_evaluate_cli_on_held_out_trees_with_a_baseline_model(tmp_path):
     save_model(*TinyModelSpec(seed=1).load(), baseline)
     out_dir = tmp_path / "eval"
     result = run_cli("srl.evaluate", "+experiment=smoke", "eval.rm.max_prompts=null", "judge.sampling.max_new_tokens=8",
-                     f"eval.h2h.baseline={baseline}", "eval.h2h.prompts.limit=3", f"hydra.run.dir={out_dir}")
+                     f"eval.h2h.baseline={baseline}", "eval.h2h.prompts.limit=3", f"eval.implicit.reference={baseline}",
+                     f"hydra.run.dir={out_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     for key in ("pairwise_acc", "five_best_pct", "exact_match_pct", "spearman", "kendall_tau", "parse_fail_rate", "win_rate"):
         assert f"eval/{'h2h' if key == 'win_rate' else 'rm'}/{key}" in result.stdout
@@ -253,8 +267,14 @@ def test_evaluate_cli_on_held_out_trees_with_a_baseline_model(tmp_path):
     theirs = [json.loads(line) for line in (out_dir / "baseline" / "replies.jsonl").read_text().splitlines()]
     assert [r["prompt_id"] for r in mine] == [r["prompt_id"] for r in theirs] and len(mine) == 3
     assert [r["response"] for r in mine] != [r["response"] for r in theirs]
-    assert len((out_dir / "h2h_comparisons.jsonl").read_text().splitlines()) == 6
-    assert out["eval/h2h/prompts"] == 3 and out["eval/h2h/baseline"] == str(baseline)
+    # Pointwise (the default protocol): each side's reply scored alone, by the evaluated model (no run: no M1).
+    scores = [json.loads(line) for line in (out_dir / "h2h_scores.jsonl").read_text().splitlines()]
+    assert sorted((s["prompt_id"], s["candidate"]) for s in scores) == sorted((r["prompt_id"], side) for r in mine for side in (0, 1))
+    assert out["eval/h2h/prompts"] == 3 and out["eval/h2h/baseline"] == str(baseline) and out["eval/h2h/protocol"] == "pointwise"
+    assert out["eval/h2h/judge"] == "tiny-llama"
+    # Implicit reward against the baseline model, from the log-probs of both on every held-out reply.
+    assert out["eval/implicit/pairs"] > 0 and out["eval/implicit/reference"] == str(baseline)
+    assert (out_dir / "heldout_logprobs.jsonl").is_file() and (out_dir / "reference" / "heldout_logprobs.jsonl").is_file()
     assert out["eval/table"][0]["model"] == "tiny-llama" and (out_dir / "eval.md").is_file()
     assert [r["generator"] for r in json.loads((out_dir / "alpaca_eval.json").read_text())] == ["tiny-llama"] * 3
 
@@ -268,7 +288,7 @@ def test_evaluate_cli_mt_bench_against_a_reference_file(tmp_path):
     reference = tmp_path / "reference.json"
     reference.write_text(json.dumps([{"instruction": t, "output": "A fixed reference reply.", "generator": "ref"} for t in turns[1:]]))
     out_dir = tmp_path / "eval"
-    result = run_cli("srl.evaluate", "+experiment=smoke", "eval.rm.enabled=false", "eval.h2h.prompts.kind=mt_bench",
+    result = run_cli("srl.evaluate", "+experiment=smoke", "eval.rm.enabled=false", "eval.h2h.protocol=pairwise", "eval.h2h.prompts.kind=mt_bench",
                      f"eval.h2h.prompts.path={questions}", "eval.h2h.prompts.limit=null", "eval.h2h.reply_sampling.max_new_tokens=4",
                      "eval.h2h.judge_sampling.max_new_tokens=4", "eval.h2h.reply_sampling.batch_size=40",
                      "eval.h2h.judge_sampling.batch_size=40", f"eval.h2h.reference={reference}", f"hydra.run.dir={out_dir}")
@@ -297,7 +317,7 @@ def test_score_first_judge_mode_scores_every_reply_and_makes_pairs(tmp_path):
 def test_lora_run_trains_adapters_against_the_adapter_off_reference_and_saves_plain_models(tmp_path):
     """peft=lora through M2: pairs carry no reference log-probs (DPO takes them with the adapter off),
     each model folder is a plain merged model, and only a fraction of the parameters trained."""
-    summary = loop_for(tmp_path, *FAST, "peft=lora", "judge=score_first").run()
+    summary = loop_for(tmp_path, *FAST, "peft=lora", "judge=score_first", "dpo.max_epochs=1").run()
     assert summary["status"] == "ok"
     for prefix in ("m1/sft", "m2/dpo"):
         assert 0 < summary[f"{prefix}/trainable_params"] < summary[f"{prefix}/params"] / 2

@@ -1,16 +1,39 @@
-"""Stage ``eval/m{t}`` (paper Sec. 4.2): judge quality and replies of M_t, head-to-head against M0,
-M_{t-1} or a reference file; and the run's evaluation table, a row per evaluated model."""
+"""Stage ``eval/m{t}`` (paper Sec. 4.2): judge quality, judge-free measures and replies of M_t,
+head-to-head against M0, M_{t-1} or a reference file; and the run's evaluation table, a row per
+evaluated model."""
 
 from __future__ import annotations
 
-from typing import Sequence
+import re
+from typing import Any, Sequence
 
+from srl.data.preference_sets import load_preference_set
 from srl.data.prompt_sets import load_prompt_set
 from srl.data.records import IFTExample, RankedPrompt, read_jsonl
-from srl.evaluation.model_eval import EvalSettings, evaluate_model, reference_baseline
+from srl.evaluation.model_eval import EvalSettings, FileReference, evaluate_model, pairs_as_groups, reference_baseline
 from srl.evaluation.report import write_table
 from srl.judging.settings import JudgeSettings
+from srl.models.embedded import spec_from_name
 from srl.pipeline.context import StageContext, StageResult
+
+RUN_MODEL = re.compile(r"[mM](\d+)")  # eval.h2h.judge: m<t> is the run's own M_t, frozen
+
+
+def h2h_judge(ctx: StageContext, t: int, judge: str | None) -> tuple[str, Any] | None:
+    """(slot key, spec) of the head-to-head judge of ``eval/m{t}``; None: M_t judges itself."""
+    if judge is None:
+        return None
+    match = RUN_MODEL.fullmatch(judge)
+    if not match:
+        return f"judge:{judge}", spec_from_name(judge)
+    j = int(match.group(1))
+    if j > t:
+        raise ValueError(f"eval.h2h.judge={judge}: eval/m{t} runs before M{j} exists; choose a judge m0..m{t} (m1: M1 frozen)")
+    return f"m{j}", ctx.models.spec(j)
+
+
+def preference_groups(settings: EvalSettings) -> list[tuple[str, list[RankedPrompt]]]:
+    return [(p.name, pairs_as_groups(load_preference_set(p)[0])) for p in settings.preference_sets]
 
 
 def run_eval(ctx: StageContext, t: int, settings: EvalSettings, judge: JudgeSettings) -> StageResult:
@@ -24,8 +47,16 @@ def run_eval(ctx: StageContext, t: int, settings: EvalSettings, judge: JudgeSett
     elif t >= 1:
         against = 0 if h2h.against == "start" else t - 1
         baseline = reference_baseline(ctx.run_dir / "eval" / f"m{against}" / "replies.jsonl", f"M{against}")
+    reference = None
+    if t >= 1:
+        r = 0 if settings.implicit.against == "start" else t - 1
+        reference = FileReference(f"M{r}", ctx.run_dir / "eval" / f"m{r}")
+    judge_of_h2h = h2h_judge(ctx, t, h2h.judge) if baseline is not None and h2h.enabled else None
     result = evaluate_model(f"M{t}", f"m{t}", ctx.models.spec(t), ctx.models.slot, out, settings, judge, groups, prompts, baseline, ctx.seed,
-                            stamp=ctx.stamp(f"eval/m{t}"))
+                            stamp=ctx.stamp(f"eval/m{t}"), reference=reference, h2h_judge=judge_of_h2h,
+                            preference_sets=preference_groups(settings))
+    if judge_of_h2h is not None and RUN_MODEL.fullmatch(judge_of_h2h[0]) and "h2h/judge" in result:
+        result["h2h/judge"] = judge_of_h2h[0].upper()  # the run's M_j, frozen
     return {f"eval/m{t}/{k}": v for k, v in result.items()}, [str(out)]
 
 
@@ -39,5 +70,5 @@ def write_eval_table(ctx: StageContext, evaluated: Sequence[str]) -> None:
     if rows:
         start = ctx.models.start
         note = f"M0 = {getattr(start, 'name', type(start).__name__)}; run dir {ctx.run_dir}."
-        columns, cells = write_table(ctx.run_dir / "eval" / "table.md", "Evaluation after each model", rows, note)
-        ctx.tracker.log_table("eval/table", columns, cells)
+        for text in write_table(ctx.run_dir / "eval" / "table.md", "Evaluation after each model", rows, note):
+            ctx.tracker.log_table(*text)

@@ -21,6 +21,7 @@ EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 SWEEPS = sorted(p.stem for p in (ROOT / "sweeps").glob("*.yaml"))
 # Options that are valid only with a value the user gives, or with a batch that splits over 8 processes
 # (the default's sft batch of 4 does not: see test_multi_gpu_trainer_on_the_default_batch_is_an_error).
+APPENDED_GROUPS = {"study"}
 CONTEXT = {
     ("data", "oasst_local"): ["data.source.path=/some/oasst1.jsonl"],
     ("model", "hf"): ["model.name_or_path=gpt2"],
@@ -45,7 +46,8 @@ def test_default_config_is_valid():
 
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_option_of_every_group_is_valid(group, option):
-    validate([f"{group}={option}", *CONTEXT.get((group, option), [])])
+    add = "+" if group in APPENDED_GROUPS else ""  # groups the root config does not choose from (conf/study: +study=...)
+    validate([f"{add}{group}={option}", *CONTEXT.get((group, option), [])])
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -98,6 +100,10 @@ MISTAKES = [
     (["peft=lora", "peft.r=0"], "peft.r", ">= 1"),
     (["backend=vllm", "backend.gpu_memory_utilization=1.5"], "backend.gpu_memory_utilization", "in (0, 1]"),
     (["pairs.length_tier=0.5"], "pairs.length_tier", "in [0, 0.5)"),
+    (["eval.h2h.judge=m2"], "eval.h2h.judge", "allowed: m0, m1"),
+    (["eval.h2h.protocol=nope"], "eval.h2h.protocol", "one of pairwise, pointwise"),
+    (["eval.implicit.against=best"], "eval.implicit.against", "one of start, previous"),
+    (["eval.bootstrap_samples=0"], "eval.bootstrap_samples", ">= 1"),
 ]
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from srl.data.records import Judgement, RankedPrompt
-from srl.evaluation.model_eval import ranked_candidates, rm_metrics, subset
-from srl.evaluation.report import eval_table, markdown_table
+from srl.core.subsets import subset
+from srl.evaluation.rm import ranked_candidates, rm_metrics
+from srl.evaluation.report import MODEL_COLUMNS, eval_table, markdown_table
 from srl.judging.templates import load_judge_template
 
 
@@ -51,12 +52,15 @@ def test_eval_table_cells_and_markdown():
                 "h2h/len_words_model": 41.6}),
     ]
     columns, cells = eval_table(rows)
-    assert columns[:2] == ["model", "pairwise acc"] and len(cells) == 2 and all(len(r) == len(columns) for r in cells)
+    assert columns[:3] == ["model", "pairs", "pairwise acc"] and len(cells) == 2 and all(len(r) == len(columns) for r in cells)
     m0, m1 = (dict(zip(columns, r)) for r in cells)
-    assert m0["pairwise acc"] == "0.500" and m0["judge parse fail"] == "0.125" and m0["win"] == "-" and m0["h2h vs"] == "-"
-    assert m1["pairwise acc"] == "0.625" and m1["h2h vs"] == "M0" and m1["win"] == "0.50 [0.25, 0.75]" and m1["words (model)"] == "42"
-    text = markdown_table(columns, cells)
-    assert text.splitlines()[0].startswith("| model | pairwise acc") and text.splitlines()[3].startswith("| M1 | 0.625 |")
+    assert m0["pairwise acc"] == "0.500" and m0["judge parse fail"] == "0.125" and m0["pairs"] == "-"
+    columns, cells = eval_table(rows, MODEL_COLUMNS)
+    m0, m1 = (dict(zip(columns, r)) for r in cells)
+    assert m0["win"] == "-" and m0["h2h vs"] == "-"
+    assert m1["h2h vs"] == "M0" and m1["win"] == "0.50 [0.25, 0.75]" and m1["words (model)"] == "42"
+    text = markdown_table(*eval_table(rows))
+    assert text.splitlines()[0].startswith("| model | pairs | pairwise acc") and text.splitlines()[3].startswith("| M1 | - | 0.625 |")
 
 
 def test_subset_is_seeded_and_ordered():
