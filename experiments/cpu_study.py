@@ -18,8 +18,11 @@ from srl.evaluation.report import write_table
 def rows(sweep_dir: Path) -> list[tuple[str, dict]]:
     """(model, its eval metrics) for M0 and the SFT baseline (job 0), then M1..M3 (job 1)."""
     jobs = {}
-    for d in sorted(p for p in sweep_dir.iterdir() if (p / "summary.json").is_file()):
-        summary = json.loads((d / "summary.json").read_text())
+    for d in sorted(p for p in sweep_dir.iterdir() if (p / "manifest.json").is_file()):
+        # The manifest holds every finished stage's metrics, also of a job stopped part way.
+        summary = {}
+        for stage in json.loads((d / "manifest.json").read_text())["stages"].values():
+            summary.update(stage.get("metrics", {}))
         overrides = (d / ".hydra" / "overrides.yaml").read_text() if (d / ".hydra" / "overrides.yaml").is_file() else ""
         jobs["sft_baseline" if "study=sft_baseline" in overrides else "self_rewarding"] = summary
     out = []
