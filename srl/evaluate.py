@@ -20,6 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from srl.config.judges import judges
 from srl.config.paths import CONF_DIR, register_resolvers
 from srl.core import rundir
 from srl.core.distributed import local_device
@@ -27,9 +28,10 @@ from srl.core.hashing import config_fingerprint
 from srl.core.rundir import Stamp
 from srl.data import prompt_sets as evalsets
 from srl.data.preference_sets import load_preference_set
-from srl.evaluation.model_eval import EvalSettings, ModelReference, evaluate_model, model_baseline, pairs_as_groups, reference_baseline
+from srl.evaluation.model_eval import ModelReference, evaluate_model, model_baseline, pairs_as_groups, reference_baseline
 from srl.evaluation.report import write_table
 from srl.generation.slot import ModelSlot
+from srl.judging.backends import describe_judge
 from srl.judging.settings import JudgeSettings
 from srl.models.embedded import spec_from_name
 from srl.pipeline.tracking import Tracker
@@ -55,8 +57,8 @@ def main(cfg: DictConfig) -> dict[str, Any]:
 
     validate_config(cfg)  # before any model loads (srl/config/validation.py)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    settings: EvalSettings = instantiate(cfg.eval)
-    judge = instantiate(cfg.judge)
+    judge, settings = judges(cfg)  # the external judge, if any, built once (srl/config/judges.py)
+    assert settings is not None
     data = heldout_data(cfg, judge)
     preference_sets = [(p.name, pairs_as_groups(load_preference_set(p)[0])) for p in settings.preference_sets]
     if settings.rm.enabled and not data.ranked_heldout and not preference_sets:
@@ -76,11 +78,13 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     elif h2h.enabled:
         log.warning("eval h2h: no baseline; set eval.h2h.baseline (model folder, Hub id or 'embedded') or eval.h2h.reference (replies file)")
     judge_name = h2h.judge
-    if judge_name and judge_name[:1] in "mM" and judge_name[1:].isdigit():
+    if judge_name == "external":
+        judge_name = None
+    elif judge_name and judge_name[:1] in "mM" and judge_name[1:].isdigit():
         log.info("eval.h2h.judge=%s names a model of a run (the loop's M1 referee); here the evaluated model judges "
                  "(set eval.h2h.judge to a model folder, Hub id or 'embedded' for a fixed judge)", judge_name)
         judge_name = None
-    h2h_judge = (f"judge:{judge_name}", spec_from_name(judge_name)) if judge_name else None
+    h2h_judge = ("external", h2h.external) if h2h.external is not None else (f"judge:{judge_name}", spec_from_name(judge_name)) if judge_name else None
     imp = settings.implicit
     reference = ModelReference(imp.reference, spec_from_name(imp.reference), slot, out_dir, imp, stamp) if imp.enabled and imp.reference else None
     if imp.enabled and not imp.reference:
@@ -91,7 +95,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     named = {f"eval/{k}": v for k, v in result.items()}
     tracker = Tracker(out_dir, build_logger(cfg))
     try:
-        tracker.log({"eval/model": name, **named})
+        tracker.log({"eval/model": name, "judge/by": describe_judge(judge.external), **named})
         for key, columns, cells in write_table(out_dir / "eval.md", f"Evaluation of {name}", [(name, result)]):
             tracker.log_table(key, columns, cells)
         tracker.write_summary()

@@ -18,9 +18,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from srl.config.judges import judges
 from srl.config.paths import CONF_DIR, register_resolvers
 from srl.config.validation import validate_config
 from srl.core import distributed
+from srl.judging.backends import describe_judge
 from srl.pipeline.fingerprints import EVAL_INPUTS, STAGE_INPUTS, fingerprints, stage_inputs  # noqa: F401  (re-exported)
 from srl.pipeline.loop import SelfRewardingLoop
 from srl.pipeline.stages.data import DataSettings
@@ -38,11 +40,15 @@ def build_loop(cfg: DictConfig, run_dir: Path) -> SelfRewardingLoop:
         build=instantiate(cfg.data.build),
         eft_sampling=instantiate(cfg.data.eft_sampling),
     )
+    judge, evaluation = judges(cfg)  # the external judge, if any, built once (srl/config/judges.py)
+    tracker = Tracker(run_dir, build_logger(cfg))
+    tracker.log({"judge/by": describe_judge(judge.external),
+                 "eval/h2h/judge_by": describe_judge(evaluation.h2h.external) if evaluation and evaluation.h2h.external else None})
     return SelfRewardingLoop(
         run_dir=run_dir,
         model=instantiate(cfg.model),
         data=data,
-        judge=instantiate(cfg.judge),
+        judge=judge,
         sft=instantiate(cfg.sft),
         prompt_gen=instantiate(cfg.prompt_gen),
         generation=instantiate(cfg.generation),
@@ -51,11 +57,11 @@ def build_loop(cfg: DictConfig, run_dir: Path) -> SelfRewardingLoop:
         loop=instantiate(cfg.iteration),
         fingerprints=fingerprints(cfg),
         stage_configs=stage_inputs(cfg),
-        evaluation=instantiate(cfg.eval),
+        evaluation=evaluation,
         pairs=instantiate(cfg.pairs),
         peft=instantiate(cfg.peft),
         backend=instantiate(cfg.backend) if cfg.get("backend") else None,
-        tracker=Tracker(run_dir, build_logger(cfg)),
+        tracker=tracker,
     )
 
 

@@ -89,7 +89,9 @@ RULES: dict[str, Rule] = {
     "data.build.heldout_fraction": DROPOUT, "data.build.eft_attempts": COUNT, "data.build.eft_mode": Rule(choices=("ranked", "paper")),
     "*sampling.temperature": NONNEG, "*sampling.top_p": Rule(0, 1, lo_open=True),  # temperature 0: greedy
     "*sampling.max_new_tokens": COUNT, "*sampling.batch_size": COUNT, "*sampling.max_batch_tokens": COUNT,
-    "judge.num_samples": COUNT, "judge.mode": Rule(choices="srl.judging.settings:JUDGE_MODES"),
+    "judge.num_samples": COUNT, "judge.mode": Rule(choices="srl.judging.settings:JUDGE_MODES"), "judge.by": Rule(choices="srl.judging.settings:JUDGE_BY"),
+    "external_judge.concurrency": COUNT, "external_judge.max_retries": NONNEG, "external_judge.timeout_s": POSITIVE,
+    "external_judge.backoff_s": NONNEG, "external_judge.batch_size": COUNT, "external_judge.max_length": COUNT,
     "pairs.rule": Rule(choices="srl.training.pairs:RULES"), "pairs.min_margin": NONNEG, "pairs.length_tier": HALF,
     "generation.num_candidates": Rule(lo=2, integer=True),  # a pair needs two replies
     "prompt_gen.num_prompts": COUNT, "prompt_gen.max_attempts": COUNT, "prompt_gen.source": Rule(choices=("generate", "pool")),
@@ -128,12 +130,6 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(problems)
 
 
-
-
-
-
-
-
 def _eval_rules(plain: dict) -> list[str]:
     """The head-to-head judge must exist when eval/m1 runs."""
     out = []
@@ -143,6 +139,33 @@ def _eval_rules(plain: dict) -> list[str]:
     if isinstance(judge, str) and judge[:1] in "mM" and judge[1:].isdigit() and int(judge[1:]) > 1:
         out.append(f"eval.h2h.judge: got {judge!r}; the first head-to-head (eval/m1) runs before M{judge[1:]} exists (allowed: m0, m1, "
                    "null, or a model folder / Hub id / 'embedded')")
+    return out
+
+
+def _judge_rules(plain: dict) -> list[str]:
+    """An external judge is chosen and used together, and only where its kind can judge."""
+    section = lambda name: plain.get(name) if isinstance(plain.get(name), dict) else {}  # noqa: E731
+    judge, ext, ev = section("judge"), section("external_judge"), section("eval")
+    h2h = ev.get("h2h") if isinstance(ev.get("h2h"), dict) else {}
+    target = ext.get("_target_")
+    kind = None
+    if isinstance(target, str):
+        module, _, name = target.rpartition(".")
+        try:
+            kind = getattr(getattr(importlib.import_module(module), name), "kind", None)
+        except (ImportError, AttributeError):
+            pass  # the type check names a target that does not import
+    by_loop, by_h2h = judge.get("by") == "external", h2h.get("judge") == "external"
+    out = []
+    for used, key in ((by_loop, "judge.by"), (by_h2h, "eval.h2h.judge")):
+        if used and not target:
+            out.append(f"{key}: got 'external' but external_judge is none (allowed: choose external_judge=reward_model | openai)")
+    if target and not (by_loop or by_h2h):
+        out.append(f"external_judge: {target} judges nowhere (allowed: set judge.by=external and/or eval.h2h.judge=external, or external_judge=none)")
+    if kind == "score" and by_loop and judge.get("mode") not in (None, "sample"):  # None: the dataclass default, sample
+        out.append(f"judge.mode: got {judge.get('mode')!r}; a reward model scores replies, it writes no verdict or score distribution (allowed: sample)")
+    if kind == "score" and by_h2h and h2h.get("protocol", "pairwise") != "pointwise":
+        out.append(f"eval.h2h.protocol: got {h2h.get('protocol')!r}; a reward model referee scores each reply (allowed: pointwise)")
     return out
 
 
@@ -156,7 +179,7 @@ def _cross_rules(plain: dict) -> list[str]:
     trainer = plain.get("trainer") if isinstance(plain.get("trainer"), dict) else {}
     devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1)
     world = devices * nodes if all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (devices, nodes)) else 1
-    out += _eval_rules(plain)
+    out += _eval_rules(plain) + _judge_rules(plain)
     for section in ("sft", "dpo"):
         s = plain.get(section) if isinstance(plain.get(section), dict) else {}
         batch, micro = s.get("batch_size"), s.get("micro_batch_size")

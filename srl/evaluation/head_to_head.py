@@ -37,6 +37,7 @@ from srl.data.records import Candidate, Judgement, PromptRecord, read_jsonl
 from srl.generation.sample import sample_chat
 from srl.generation.sampling import SamplingSettings
 from srl.evaluation.intervals import percentile
+from srl.judging.backends import judge_texts
 from srl.judging.parsing import parse_verdict
 from srl.judging.pointwise import judge_candidates
 from srl.judging.settings import JudgeSettings
@@ -71,7 +72,7 @@ class H2HSettings:
     against: str = "start"  # in the loop: start (M0) | previous (M_{t-1}); a reference file overrides
     baseline: str | None = None  # standalone: model folder / Hub id / "embedded"
     reference: str | None = None  # a replies file (srl replies.jsonl or AlpacaEval JSON) instead of a baseline model
-    judge: str | None = None  # None: the evaluated model judges itself; m<t>: the run's M_t (loop); else folder / Hub id / "embedded"
+    judge: str | None = None  # None: the evaluated model judges itself; m<t>: the run's M_t (loop); external: conf/external_judge; else folder / Hub id / "embedded"
     protocol: str = "pairwise"  # pairwise (verdict, both orders) | pointwise (rubric score of each reply, higher wins)
     num_samples: int | None = None  # pointwise: judge samples per reply; None: judge.num_samples
     tie_margin: float = 0.0  # pointwise: |score difference| <= margin is a tie
@@ -79,8 +80,12 @@ class H2HSettings:
     judge_sampling: SamplingSettings = dataclasses.field(default_factory=lambda: SamplingSettings(temperature=0.0, max_new_tokens=96))
     bootstrap_samples: int = 1000
     seed: int = 0
+    external: Any = None  # judge=external: the external judge (set by srl.config.judges, not in the config)
 
     def __post_init__(self) -> None:
+        if self.external is not None and self.external.kind == "score" and self.protocol == "pairwise":
+            raise ValueError(f"eval.h2h.protocol=pairwise asks the referee for a verdict; the external judge {self.external.describe()} "
+                             "gives scores: use eval.h2h.protocol=pointwise with it")
         if self.against not in ("start", "previous"):
             raise ValueError(f"eval.h2h.against must be 'start' or 'previous', got {self.against!r}")
         if self.bootstrap_samples < 1:
@@ -235,9 +240,11 @@ def generate_replies(
 
 def compare(
     judge: torch.nn.Module, tokenizer: Any, model_replies: dict[str, Candidate], baseline_replies: dict[str, Candidate],
-    settings: H2HSettings, store: PartialJsonl,
+    settings: H2HSettings, store: PartialJsonl, external: Any = None,
 ) -> None:
-    """Judge every prompt with both replies in both orders; ``Comparison`` records, resumable by chunk."""
+    """Judge every prompt with both replies in both orders; ``Comparison`` records, resumable by chunk.
+
+    The referee is ``judge`` or the external text judge ``external`` (``srl/judging/backends.py``)."""
     items = [(p, order) for p in model_replies if p in baseline_replies for order in ORDERS]
     chunk = settings.judge_sampling.batch_size
     done = store.read(chunk)
@@ -250,7 +257,7 @@ def compare(
             a, b = (mine, theirs) if order == "ab" else (theirs, mine)
             texts.append(settings.template.render(model_replies[p].prompt, a, b))
         seeds = [derive_seed(settings.seed, "eval", "h2h", p, order) for p, order in part]
-        outputs = sample_chat(judge, tokenizer, texts, seeds, settings.judge_sampling)
-        store.append(Comparison(p, order, o.text, side_of(parse_verdict(o.text), order)) for (p, order), o in zip(part, outputs))
+        outputs = judge_texts(judge, tokenizer, texts, seeds, settings.judge_sampling, external)
+        store.append(Comparison(p, order, text, side_of(parse_verdict(text), order)) for (p, order), text in zip(part, outputs))
         bar.update(len(part))
     bar.close()

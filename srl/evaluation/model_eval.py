@@ -130,7 +130,7 @@ def _judge_and_score(
         k = settings.rm.num_samples or judge.num_samples
         store = PartialJsonl(folder / "rm_judgements.jsonl", Judgement, stamp, on_stale="discard")
         judgements = rm.judge_groups(model, tokenizer, groups, dataclasses.replace(judge, num_samples=k), seed, store)
-        stats = rm.rm_metrics(groups, judgements, judge.template, settings.bootstrap_samples, settings.rm.seed)
+        stats = rm.rm_metrics(groups, judgements, judge.rubric, settings.bootstrap_samples, settings.rm.seed)
         result.update({f"{gs.prefix}rm/{name}": v for name, v in stats.items()})
         result[f"{gs.prefix}rm/judge_samples"] = k
     logprobs: dict[Any, Any] = {}
@@ -205,23 +205,24 @@ def _replies_and_h2h(
     if missing == len(mine):
         raise ValueError(f"eval h2h: no prompt of the evaluation set has a reply from {baseline_name}; check eval.h2h.reference / prompts")
     judge_key, judge_spec = h2h_judge or (key, spec)
-    judge_model, judge_tokenizer = slot.get(judge_key, judge_spec)
+    external = judge_spec if judge_key == "external" else None  # conf/external_judge: no model to load
+    judge_model, judge_tokenizer = (None, None) if external is not None else slot.get(judge_key, judge_spec)
     if h2h.protocol == "pointwise" and judge.mode == "pairwise":
         log.warning("eval h2h: the run's judge is pairwise (judge.mode=pairwise), which has no rubric to score replies with: "
                     "the head-to-head uses the pairwise protocol (the table's protocol column says so)")
     if h2h.protocol == "pointwise" and judge.mode != "pairwise":
-        scoring = dataclasses.replace(judge, num_samples=h2h.num_samples or judge.num_samples, sampling=h2h.judge_sampling)
+        scoring = dataclasses.replace(judge, num_samples=h2h.num_samples or judge.num_samples, sampling=h2h.judge_sampling, external=external)
         scores = PartialJsonl(out_dir / "h2h_scores.jsonl", Judgement, stamp, on_stale="discard")
         judged = headtohead.score_pointwise(judge_model, judge_tokenizer, mine, theirs, scoring, h2h.seed, scores)
         stats = headtohead.pointwise_metrics(judged, mine, theirs, h2h.tie_margin, h2h.bootstrap_samples, h2h.seed)
     else:
         comparisons = PartialJsonl(out_dir / "h2h_comparisons.jsonl", Comparison, stamp, on_stale="discard")
-        headtohead.compare(judge_model, judge_tokenizer, mine, theirs, h2h, comparisons)
+        headtohead.compare(judge_model, judge_tokenizer, mine, theirs, h2h, comparisons, external)
         stats = headtohead.h2h_metrics(read_jsonl(comparisons.finish(), Comparison), mine, theirs, h2h.bootstrap_samples, h2h.seed)
     result.update({f"h2h/{k}": v for k, v in stats.items()})
     result["h2h/prompts_without_baseline"] = missing
     result["h2h/baseline"] = baseline_name
-    result["h2h/judge"] = name if h2h_judge is None else h2h_judge[0].removeprefix("judge:")
+    result["h2h/judge"] = name if h2h_judge is None else external.describe() if external is not None else h2h_judge[0].removeprefix("judge:")
     return result
 
 

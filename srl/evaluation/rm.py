@@ -78,15 +78,19 @@ def tie_labels(groups: Sequence[RankedPrompt], scores: dict[tuple[str, int], flo
 def rm_metrics(
     groups: Sequence[RankedPrompt], judgements: Sequence[Judgement], template: Any, samples: int = 1000, seed: int = 0,
 ) -> dict[str, Any]:
-    """The judge's agreement with the human ranks, the length baseline and their intervals."""
+    """The judge's agreement with the human ranks, the length baseline and their intervals.
+
+    ``template``: the rubric whose ``max_score`` defines 5-best %; None for a reward-model judge
+    (unbounded scores: 5-best % is then None, and the score range is reported instead)."""
     scores = {(j.prompt_id, j.candidate): j.score for j in judgements}
     units = [group_stats([scores.get((g.message_id, i)) for i in range(len(g.replies))], g) for g in groups]
     total = sum((u.pairs for u in units), metrics.PairCounts())
     hits = best = exact = exact_total = 0
     for g in groups:
         s = [scores.get((g.message_id, i)) for i in range(len(g.replies))]
-        h, b = metrics.best_hits(s, g.ranks, template.max_score)
-        hits, best = hits + h, best + b
+        if template is not None:
+            h, b = metrics.best_hits(s, g.ranks, template.max_score)
+            hits, best = hits + h, best + b
         match = metrics.exact_match(s, g.ranks)
         if match is not None:
             exact, exact_total = exact + int(match), exact_total + 1
@@ -114,6 +118,8 @@ def rm_metrics(
     judged = judgement_metrics(judgements, template)
     out["parse_fail_rate"] = judged["parse_fail_rate"]
     out.update({k: v for k, v in judged.items() if k.startswith("score_hist/")})
+    if template is None:
+        out.update({k: judged[k] for k in ("score_min", "score_max", "score_std")})
     return out
 
 

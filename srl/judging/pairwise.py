@@ -12,7 +12,7 @@ from srl.core.hashing import derive_seed
 from srl.core.progress import ChunkHook, progress_bar
 from srl.data.partial import PartialJsonl
 from srl.data.records import Candidate, Judgement
-from srl.generation.sample import sample_chat
+from srl.judging.backends import judge_texts
 from srl.judging.settings import JudgeSettings
 from srl.judging.templates import PairwiseTemplate
 
@@ -84,7 +84,7 @@ def judge_round_robin(
                 ca, cb = group[a], group[b]
                 prompts.append(template.render(ca.prompt, ca.response, cb.response))
                 seeds.append(derive_seed(seed, iteration, "judge_pairwise", ca.prompt_id, ca.candidate, cb.candidate, s))
-        texts = [o.text for o in sample_chat(model, tokenizer, prompts, seeds, settings.sampling)] if prompts else []
+        texts = judge_texts(model, tokenizer, prompts, seeds, settings.sampling, settings.external)
         records, start = [], 0
         for group in part:
             n = len(group) * (len(group) - 1) * k  # len(round_robin(len(group), k))

@@ -35,7 +35,7 @@ STAGE_INPUTS = {
     "m1": ("model", "peft", "sft", "trainer"),
     "prompts": ("prompt_gen", "backend", "iteration.seed"),
     "candidates": ("generation",),
-    "judgements": ("judge",),
+    "judgements": ("judge", "external_judge"),
     "pairs": ("dpo.max_length", "dpo.ref_batch_size", "pairs"),
     "dpo": ("dpo",),
 }
@@ -47,7 +47,7 @@ PAPER_EFT_INPUTS = ("model", "backend")  # added to data's inputs when data.buil
 # An evaluation stage (eval/m{t}) depends on its model's stages and on these: it samples M_t (M0 is
 # the model section itself) with the backend, seeded by iteration.seed, judged per the judge section.
 # Later stages do not depend on it (an evaluation is a side branch).
-EVAL_INPUTS = ("model", "backend", "iteration.seed", "eval", "judge")
+EVAL_INPUTS = ("model", "backend", "iteration.seed", "eval", "judge", "external_judge")
 
 
 # Keys in the sections above that change no finished stage's outputs:
@@ -57,7 +57,15 @@ EVAL_INPUTS = ("model", "backend", "iteration.seed", "eval", "judge")
 # on_no_pairs (only whether a run stops; a carried M_{t+1} is a copy of M_t), checkpoint_every_n_steps
 # and keep_checkpoints (a resumed stage is bit-identical to an unbroken one: tests/integration/test_resume.py);
 # logger, sweep (a sweep file's name and question) and Hydra's own node.
-EXCLUDED = ("eval.in_loop", "trainer.log_every_n_steps", "trainer.enable_progress_bar", "trainer.enable_model_summary")
+#   external_judge.concurrency, max_retries, backoff_s, timeout_s, api_key_env, cache_dir: how an
+#     external judge is reached, not what it answers (a cached reply is the reply it gave).
+EXCLUDED = ("eval.in_loop", "trainer.log_every_n_steps", "trainer.enable_progress_bar", "trainer.enable_model_summary",
+            *(f"external_judge.{k}" for k in ("concurrency", "max_retries", "backoff_s", "timeout_s", "api_key_env", "cache_dir")))
+
+
+# Keys added after run dirs existed, left out at the value that computes what those runs computed, so
+# such a run dir still resumes: judge.by=self (the model judges itself) and external_judge=none ({}).
+UNCHANGED_AT = {"judge.by": "self", "external_judge": {}}
 
 
 def target_name(value: Any) -> Any:
@@ -70,6 +78,8 @@ def target_name(value: Any) -> Any:
 
 
 def _flat(key: str, value: Any, out: dict[str, Any]) -> None:
+    if key in UNCHANGED_AT and value == UNCHANGED_AT[key]:
+        return
     if isinstance(value, dict) and value:
         for k, v in value.items():
             _flat(f"{key}.{k}", v, out)

@@ -104,9 +104,15 @@ class Tracker:
 
     def log(self, metrics: dict[str, Any]) -> None:
         numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        text = {k: v for k, v in metrics.items() if isinstance(v, str)}
         self.summary.update(metrics)
         if self.logger is not None and numeric:
             self.logger.log_metrics(numeric)
+        if self.logger is not None and text:
+            # names (the judge, a baseline) have no history: they go to the run's summary (W&B), where a logger has one
+            run_summary = getattr(getattr(self.logger, "experiment", None), "summary", None)
+            if run_summary is not None and hasattr(run_summary, "update"):
+                run_summary.update(text)
 
     def log_table(self, key: str, columns: list[str], rows: list[list[str]]) -> None:
         """A table into summary.json (a list of column -> cell dicts) and, where it can take one, the logger."""

@@ -19,10 +19,15 @@ from srl.pipeline.context import StageContext, StageResult
 RUN_MODEL = re.compile(r"[mM](\d+)")  # eval.h2h.judge: m<t> is the run's own M_t, frozen
 
 
-def h2h_judge(ctx: StageContext, t: int, judge: str | None) -> tuple[str, Any] | None:
-    """(slot key, spec) of the head-to-head judge of ``eval/m{t}``; None: M_t judges itself."""
+def h2h_judge(ctx: StageContext, t: int, judge: str | None, external: Any = None) -> tuple[str, Any] | None:
+    """(slot key, spec) of the head-to-head judge of ``eval/m{t}``; None: M_t judges itself;
+    ("external", the judge) for ``eval.h2h.judge=external``."""
     if judge is None:
         return None
+    if judge == "external":
+        if external is None:
+            raise ValueError("eval.h2h.judge=external needs an external judge: choose external_judge=reward_model or external_judge=openai")
+        return "external", external
     match = RUN_MODEL.fullmatch(judge)
     if not match:
         return f"judge:{judge}", spec_from_name(judge)
@@ -51,7 +56,7 @@ def run_eval(ctx: StageContext, t: int, settings: EvalSettings, judge: JudgeSett
     if t >= 1:
         r = 0 if settings.implicit.against == "start" else t - 1
         reference = FileReference(f"M{r}", ctx.run_dir / "eval" / f"m{r}")
-    judge_of_h2h = h2h_judge(ctx, t, h2h.judge) if baseline is not None and h2h.enabled else None
+    judge_of_h2h = h2h_judge(ctx, t, h2h.judge, h2h.external) if baseline is not None and h2h.enabled else None
     result = evaluate_model(f"M{t}", f"m{t}", ctx.models.spec(t), ctx.models.slot, out, settings, judge, groups, prompts, baseline, ctx.seed,
                             stamp=ctx.stamp(f"eval/m{t}"), reference=reference, h2h_judge=judge_of_h2h,
                             preference_sets=preference_groups(settings))

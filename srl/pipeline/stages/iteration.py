@@ -14,6 +14,7 @@ from srl.data.partial import PartialJsonl
 from srl.data.records import Candidate, IFTExample, Judgement, Pair, PromptAttempt, PromptRecord, read_jsonl, write_jsonl
 from srl.generation.candidates import CandidateSettings, candidate_metrics, generate_candidates
 from srl.generation.prompts import PromptGenSettings, generate_prompts, pool_prompts
+from srl.judging.backends import describe_judge
 from srl.judging.pointwise import judge_candidates, judgement_metrics
 from srl.judging.settings import JudgeSettings
 from srl.models.loading import HFModelSpec, load_tokenizer
@@ -56,14 +57,19 @@ def run_candidates(ctx: StageContext, t: int, settings: CandidateSettings) -> St
     return prefixed(f"iter{t}/candidates", candidate_metrics(read_jsonl(path, Candidate))), [str(path)]
 
 def run_judgements(ctx: StageContext, t: int, judge: JudgeSettings) -> StageResult:
-    """M_t judges each candidate (``judgements.jsonl``, in resumable chunks)."""
+    """M_t (or the external judge, ``judge.by=external``) judges each candidate (``judgements.jsonl``,
+    in resumable chunks); the metrics name the judge and count an external judge's requests."""
     candidates = read_jsonl(ctx.iter_dir(t) / "candidates.jsonl", Candidate)
     store = PartialJsonl(ctx.iter_dir(t) / "judgements.jsonl", Judgement, ctx.stamp(f"iter{t}/judgements"))
-    model, tokenizer = ctx.models.load_m(t)
+    model, tokenizer = ctx.models.load_m(t) if judge.external is None else (None, None)
+    before = judge.external.stats() if judge.external is not None else {}
     judge_candidates(model, tokenizer, candidates, judge, ctx.seed, t, store, ctx.hook)
     path = store.finish()
     judgements = read_jsonl(path, Judgement)
-    metrics = judgement_metrics(judgements, judge.template)
+    metrics = judgement_metrics(judgements, judge.rubric)
+    metrics["by"] = describe_judge(judge.external) if judge.external is not None else f"self (M{t})"
+    if judge.external is not None:
+        metrics.update({f"external/{k}": v - before.get(k, 0) for k, v in judge.external.stats().items()})
     by_key = {(j.prompt_id, j.candidate): j for j in judgements}
     rows = []
     for c in candidates[:SAMPLE_ROWS]:
@@ -93,7 +99,7 @@ def run_pairs(ctx: StageContext, t: int, pair_settings: PairSettings, dpo: DPOSe
         kept.append((chosen, rejected, cs, rs))
     counts.update(truncation_counts(candidates, kept))  # of the pairs that fit dpo.max_length
     if not kept:
-        judged = judgement_metrics(judgements, judge.template)
+        judged = judgement_metrics(judgements, judge.rubric)
         ctx.no_pairs(
             f"iteration {t}: no usable preference pair from {len(candidates)} candidates ({counts}); judge parse-failure "
             f"rate {judged['parse_fail_rate']:.0%}, unscored replies {judged['unscored_replies']}. Read {d / 'judgements.jsonl'}: "
@@ -125,6 +131,6 @@ def run_pairs(ctx: StageContext, t: int, pair_settings: PairSettings, dpo: DPOSe
     counts["chosen_tokens_mean"] = sum(c.num_tokens for c, _, _, _ in kept) / len(kept)
     counts["rejected_tokens_mean"] = sum(r.num_tokens for _, r, _, _ in kept) / len(kept)
     counts["mean_margin"] = sum(p.chosen_score - p.rejected_score for p in records) / len(records)
-    template = judge.template
-    counts["mean_margin_frac"] = counts["mean_margin"] / (template.max_score - template.min_score)  # comparable across formats
+    template = judge.rubric  # None for a reward model: its scores have no declared range
+    counts["mean_margin_frac"] = counts["mean_margin"] / (template.max_score - template.min_score) if template else None  # comparable across formats
     return prefixed(f"iter{t}/pairs", counts), [str(path)]

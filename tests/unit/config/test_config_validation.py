@@ -26,6 +26,8 @@ CONTEXT = {
     ("data", "oasst_local"): ["data.source.path=/some/oasst1.jsonl"],
     ("model", "hf"): ["model.name_or_path=gpt2"],
     **{("trainer", t): ["+experiment=paper"] for t in ("ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3")},
+    ("external_judge", "openai"): ["external_judge.model=gpt-4o", "eval.h2h.judge=external"],
+    ("external_judge", "reward_model"): ["external_judge.path=/some/reward_model", "judge.by=external"],
 }
 
 

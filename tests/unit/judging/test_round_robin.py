@@ -7,7 +7,7 @@ import pytest
 from srl.data.partial import PartialJsonl
 from srl.data.records import Candidate, Judgement, read_jsonl
 from srl.generation.sampling import SamplingSettings
-from srl.judging import pairwise
+from srl.judging import backends
 from srl.judging.pairwise import round_robin, round_robin_records
 from srl.judging.pointwise import judge_candidates, judgement_metrics
 from srl.judging.settings import JudgeSettings
@@ -61,7 +61,7 @@ def test_judge_round_robin_resumes_at_a_whole_group(tmp_path, monkeypatch):
         calls.append(len(prompts))
         return [type("O", (), {"text": "Winner: A"})() for _ in prompts]
 
-    monkeypatch.setattr(pairwise, "sample_chat", fake_sample_chat)
+    monkeypatch.setattr(backends, "sample_chat", fake_sample_chat)
     settings = JudgeSettings(load_pairwise_template(), num_samples=1, mode="pairwise",
                              sampling=SamplingSettings(batch_size=4))
     cands = group(3, "a") + group(2, "b") + group(3, "c")

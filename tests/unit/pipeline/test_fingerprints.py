@@ -35,6 +35,8 @@ COMPOSITIONS = {
     "smoke": ["+experiment=smoke"],  # model=tiny, logger=none
     "others": ["judge=pairwise", "logger=csv", "data=oasst_local"],  # judge.mode; data.source.path=???
     "study": ["+experiment=cpu_study", "+study=sft_baseline"],  # preference sets, sft.use_eft, eval.h2h.enabled
+    "reward_model": ["external_judge=reward_model", "external_judge.path=/some/rm", "judge.by=external"],
+    "openai": ["external_judge=openai", "external_judge.model=gpt-4o", "eval.h2h.judge=external"],
 }
 
 # (fnmatch pattern over the dotted key, the first non-eval stage kind the key enters at, or None for
@@ -44,7 +46,10 @@ TABLE = [
     ("seed", "data", True),                    # sub-sections interpolate ${seed}; also in data itself
     ("data.*", "data", True),
     ("judge.template.*", "data", True),        # the EFT data is written in the judge's format
-    ("judge.*", "judgements", True),           # mode, samples, sampling: the judging and every evaluation
+    ("judge.*", "judgements", True),           # mode, samples, sampling, by: the judging and every evaluation
+    *((f"external_judge.{k}", None, False) for k in ("concurrency", "max_retries", "backoff_s", "timeout_s", "api_key_env", "cache_dir")),
+    ("external_judge", "judgements", True),    # none is {}
+    ("external_judge.*", "judgements", True),  # the judging (judge.by=external) and every evaluation (judge quality, h2h referee)
     ("model.*", "m1", True),                   # M0: trained into M1, generates in eval/m0 ("data" under eft_mode=paper)
     ("backend", "prompts", True),              # backend=hf is {}: srl's own engine
     ("backend.*", "prompts", True),            # generation: prompts, candidates, judging, evaluation
