@@ -35,7 +35,7 @@ from srl.judging.backends import describe_judge
 from srl.judging.settings import JudgeSettings
 from srl.models.embedded import spec_from_name
 from srl.pipeline.tracking import Tracker
-from srl.training.sft_data import BuildResult, build
+from srl.training.sft_data import BuildResult, compose
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def heldout_data(cfg: DictConfig, judge: JudgeSettings) -> BuildResult:
     """The data config's split, built as the loop builds it (EFT ranked: no judge model needed here)."""
     source = instantiate(cfg.data.source)
     settings = dataclasses.replace(instantiate(cfg.data.build), eft_mode="ranked")
-    return build(source.load(), settings, judge.template)
+    return compose(source, instantiate(cfg.data.get("instructions")), None, settings, judge.template)
 
 
 register_resolvers()

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from srl.config.paths import CONF_DIR, register_resolvers
 from srl.core import rundir
 from srl.generation.sample import sample_texts
-from srl.training.sft_data import build
+from srl.training.sft_data import compose
 
 register_resolvers()
 
@@ -40,10 +40,10 @@ def main(cfg: DictConfig) -> dict[str, int]:
         def judge_fn(prompts, seeds):
             return sample_texts(model, tokenizer, prompts, seeds, sampling)
 
-    result = build(source.load(), settings, template, judge_fn)
+    result = compose(source, instantiate(cfg.data.get("instructions")), instantiate(cfg.data.get("eft_rows")), settings, template, judge_fn)
     with rundir.working_in(out_dir):  # writes stay in the output dir (srl/core/rundir.py)
         result.write(out_dir)
-    print(f"source: {source.describe()}  ->  {out_dir}")
+    print(f"source: {source.describe() if source is not None else '-'}  ->  {out_dir}")
     for key, value in result.counts.items():
         print(f"  {key:<40} {value}")
     return result.counts

@@ -25,6 +25,7 @@ from srl.core import distributed
 from srl.judging.backends import describe_judge
 from srl.pipeline.fingerprints import EVAL_INPUTS, STAGE_INPUTS, fingerprints, stage_inputs  # noqa: F401  (re-exported)
 from srl.pipeline.loop import SelfRewardingLoop
+from srl.pipeline.model_card import command_line, push
 from srl.pipeline.stages.data import DataSettings
 from srl.pipeline.tracking import Tracker, build_logger, close_logger
 
@@ -39,8 +40,11 @@ def build_loop(cfg: DictConfig, run_dir: Path) -> SelfRewardingLoop:
         source=instantiate(cfg.data.source),
         build=instantiate(cfg.data.build),
         eft_sampling=instantiate(cfg.data.eft_sampling),
+        instructions=instantiate(cfg.data.get("instructions")),
+        eft_rows=instantiate(cfg.data.get("eft_rows")),
     )
-    judge, evaluation = judges(cfg)  # the external judge, if any, built once (srl/config/judges.py)
+    sft, dpo = instantiate(cfg.sft), instantiate(cfg.dpo)
+    judge, evaluation = judges(cfg, (sft.select, dpo.select))  # the external judge, if any, built once (srl/config/judges.py)
     tracker = Tracker(run_dir, build_logger(cfg))
     tracker.log({"judge/by": describe_judge(judge.external),
                  "eval/h2h/judge_by": describe_judge(evaluation.h2h.external) if evaluation and evaluation.h2h.external else None})
@@ -49,10 +53,10 @@ def build_loop(cfg: DictConfig, run_dir: Path) -> SelfRewardingLoop:
         model=instantiate(cfg.model),
         data=data,
         judge=judge,
-        sft=instantiate(cfg.sft),
+        sft=sft,
         prompt_gen=instantiate(cfg.prompt_gen),
         generation=instantiate(cfg.generation),
-        dpo=instantiate(cfg.dpo),
+        dpo=dpo,
         trainer_factory=instantiate(cfg.trainer),
         loop=instantiate(cfg.iteration),
         fingerprints=fingerprints(cfg),
@@ -62,7 +66,18 @@ def build_loop(cfg: DictConfig, run_dir: Path) -> SelfRewardingLoop:
         peft=instantiate(cfg.peft),
         backend=instantiate(cfg.backend) if cfg.get("backend") else None,
         tracker=tracker,
+        hub=instantiate(cfg.hub) if cfg.get("hub") else None,
+        command=run_command(run_dir),
     )
+
+
+def run_command(run_dir: Path) -> str:
+    """This run's command line (its overrides; the run dir pinned), for the model cards."""
+    try:
+        task = list(HydraConfig.get().overrides.task)
+    except ValueError:  # no Hydra run (a loop built in code)
+        task = []
+    return command_line([*(o for o in task if not o.startswith("hydra.run.dir=")), f"hydra.run.dir={run_dir}"])
 
 
 def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
@@ -120,6 +135,9 @@ def main(cfg: DictConfig) -> dict[str, Any] | None:
         close_logger(loop.tracker.logger)
     if distributed.is_main():
         print_summary(summary, run_dir)
+        if loop.hub.push:  # after the run: every model is saved and recorded, a failed upload loses nothing
+            for url in push(loop.model_folders(), loop.hub.repo_id, loop.hub.private):
+                print(f"  pushed: {url}")
     return summary
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from srl.evaluation.model_eval import EvalSettings
 from srl.judging.settings import JudgeSettings
@@ -32,10 +32,14 @@ def external_judge(cfg: DictConfig) -> Any | None:
     return judge
 
 
-def judges(cfg: DictConfig) -> tuple[JudgeSettings, EvalSettings | None]:
+def judges(cfg: DictConfig, selects: Sequence[Any] = ()) -> tuple[JudgeSettings, EvalSettings | None]:
     """(the loop's judge settings, the eval settings) with the external judge set where the config
-    asks for it; eval settings are None without an ``eval`` node."""
+    asks for it; eval settings are None without an ``eval`` node. ``selects``: the training stages'
+    checkpoint selection settings (``sft.select``, ``dpo.select``), given the judge when theirs is ``external``."""
     external = external_judge(cfg) if _wants_external(cfg) else None
+    for select in selects:
+        if select.enabled and select.judge == "external":
+            select.external = _required(external, "select.judge=external")
     judge: JudgeSettings = instantiate(cfg.judge)
     if judge.by == "external":
         judge = dataclasses.replace(judge, external=_required(external, "judge.by=external"))
@@ -47,7 +51,9 @@ def judges(cfg: DictConfig) -> tuple[JudgeSettings, EvalSettings | None]:
 
 
 def _wants_external(cfg: DictConfig) -> bool:
-    return cfg.judge.get("by") == "external" or (cfg.get("eval") is not None and cfg.eval.h2h.get("judge") == "external")
+    selecting = any(OmegaConf.select(cfg, f"{s}.select.judge") == "external" and (OmegaConf.select(cfg, f"{s}.select.every_steps") or 0) > 0
+                    for s in ("sft", "dpo"))
+    return cfg.judge.get("by") == "external" or (cfg.get("eval") is not None and cfg.eval.h2h.get("judge") == "external") or selecting
 
 
 def _required(external: Any | None, where: str) -> Any:

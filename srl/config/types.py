@@ -40,6 +40,9 @@ def leaves(value: Any, key: str) -> typing.Iterator[tuple[str, Any]]:
     if isinstance(value, dict):
         for k, v in value.items():
             yield from leaves(v, f"{key}.{k}" if key else k)
+    elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        for i, v in enumerate(value):  # a list of nodes (eval.preference_sets, pairs.extra): "key[0].limit"
+            yield from leaves(v, f"{key}[{i}]")
     else:
         yield key, value
 
@@ -138,6 +141,10 @@ def _fits(value: Any, hint: Any, key: str, problems: list[str]) -> bool:
     """Whether ``value`` may be given where ``hint`` is annotated; nested nodes report their own problems."""
     if isinstance(value, dict) and "_target_" in value:
         made = _check_node(value, key, problems)
+        return made is None or _makes(made, hint)
+    if isinstance(value, dict) and isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        # a plain mapping where a settings dataclass is annotated (the owner builds it: PairSettings.extra): its fields are checked
+        made = _check_node({**value, "_target_": f"{hint.__module__}.{hint.__qualname__}"}, key, problems)
         return made is None or _makes(made, hint)
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any or hint is object:

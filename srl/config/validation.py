@@ -16,6 +16,8 @@ import dataclasses
 import fnmatch
 import importlib
 import importlib.util
+import os
+import re
 from typing import Any
 
 from omegaconf import DictConfig
@@ -111,7 +113,10 @@ RULES: dict[str, Rule] = {
     "eval.h2h.prompts.limit": COUNT, "eval.h2h.protocol": Rule(choices="srl.evaluation.head_to_head:PROTOCOLS"),
     "eval.h2h.num_samples": COUNT, "eval.h2h.tie_margin": NONNEG, "eval.bootstrap_samples": COUNT,
     "eval.implicit.against": Rule(choices=("start", "previous")), "eval.implicit.tie_tolerance": NONNEG,
-    "eval.implicit.max_length": COUNT, "eval.implicit.batch_size": COUNT, "eval.preference_sets.*.limit": COUNT,
+    "eval.implicit.max_length": COUNT, "eval.implicit.batch_size": COUNT, "eval.preference_sets.*.limit": COUNT, "pairs.extra.*.limit": COUNT,
+    "data.instructions.format": Rule(choices="srl.data.instructions:FORMATS"), "data.instructions.heldout_fraction": Rule(0, 1, hi_open=True),
+    "data.instructions.limit": COUNT, "data.eft_rows.limit": COUNT, "*.select.every_steps": NONNEG, "*.select.tie_margin": NONNEG,
+    "*.select.prompts.limit": COUNT, "*.select.num_samples": COUNT,
 }
 
 
@@ -122,7 +127,8 @@ def validate_config(cfg: DictConfig) -> None:
     walk(plain, "", problems)
     bad = {p.split(":", 1)[0] for p in problems}
     for key, value in leaves(plain, ""):
-        rule = next((r for pattern, r in RULES.items() if fnmatch.fnmatchcase(key, pattern)), None)
+        dotted = re.sub(r"\[(\d+)\]", r".\1", key)  # list items as RULES name them: pairs.extra[0].limit -> pairs.extra.0.limit
+        rule = next((r for pattern, r in RULES.items() if fnmatch.fnmatchcase(dotted, pattern)), None)
         if rule is not None and key not in bad and value is not MISSING and value is not UNRESOLVED and not rule.ok(value):
             problems.append(f"{key}: got {value!r} (allowed: {rule.allowed()})")
     problems += [p for p in _cross_rules(plain) if p.split(":", 1)[0] not in bad]
@@ -156,17 +162,46 @@ def _judge_rules(plain: dict) -> list[str]:
         except (ImportError, AttributeError):
             pass  # the type check names a target that does not import
     by_loop, by_h2h = judge.get("by") == "external", h2h.get("judge") == "external"
+    selects = {s: section(s).get("select") if isinstance(section(s).get("select"), dict) else {} for s in ("sft", "dpo")}
+    on = {s: isinstance(v.get("every_steps"), int) and v.get("every_steps") > 0 for s, v in selects.items()}
+    by_select = any(on[s] and v.get("judge") == "external" for s, v in selects.items())
     out = []
+    for s, v in selects.items():  # a fixed judge that exists when the stage runs: M0 for SFT, M0/M1 for the first DPO stage (M2)
+        name = v.get("judge")
+        if on[s] and isinstance(name, str) and name[:1] in "mM" and name[1:].isdigit() and int(name[1:]) >= (1 if s == "sft" else 2):
+            out.append(f"{s}.select.judge: got {name!r}; the stage trains M{1 if s == 'sft' else 2} before M{name[1:]} exists "
+                       f"(allowed: {'m0' if s == 'sft' else 'm0, m1'}, external, or a model folder / Hub id)")
+    strategy = section("trainer").get("strategy")
+    named = str(strategy.get("name") or strategy.get("_target_") or "") if isinstance(strategy, dict) else str(strategy or "")
+    sharded = "fsdp" in named.lower() or ("deepspeed" in named.lower() and isinstance(strategy, dict) and strategy.get("stage") == 3)
+    if any(on.values()) and sharded:
+        out.append(f"trainer.strategy: got {named!r} (sharded parameters); checkpoint selection (sft/dpo.select) snapshots the weights every few steps, "
+                   "which a sharded strategy would have to gather each time (allowed: a replicated strategy, or select.every_steps=0)")
     for used, key in ((by_loop, "judge.by"), (by_h2h, "eval.h2h.judge")):
         if used and not target:
             out.append(f"{key}: got 'external' but external_judge is none (allowed: choose external_judge=reward_model | openai)")
-    if target and not (by_loop or by_h2h):
-        out.append(f"external_judge: {target} judges nowhere (allowed: set judge.by=external and/or eval.h2h.judge=external, or external_judge=none)")
+    if target and not (by_loop or by_h2h or by_select):
+        out.append(f"external_judge: {target} judges nowhere (allowed: set judge.by=external and/or eval.h2h.judge=external "
+                   "(or a select.judge), or external_judge=none)")
     if kind == "score" and by_loop and judge.get("mode") not in (None, "sample"):  # None: the dataclass default, sample
         out.append(f"judge.mode: got {judge.get('mode')!r}; a reward model scores replies, it writes no verdict or score distribution (allowed: sample)")
     if kind == "score" and by_h2h and h2h.get("protocol", "pairwise") != "pointwise":
         out.append(f"eval.h2h.protocol: got {h2h.get('protocol')!r}; a reward model referee scores each reply (allowed: pointwise)")
     return out
+
+
+def _hub_rules(plain: dict) -> list[str]:
+    """Pushing models needs a repo id and a network (refused offline, before the run rather than after it)."""
+    hub = plain.get("hub") if isinstance(plain.get("hub"), dict) else {}
+    if hub.get("push") is not True:
+        return []
+    if not hub.get("repo_id"):
+        return ["hub.repo_id: got None; hub.push=true uploads the models to a Hub repo (allowed: user/name)"]
+    offline = next((v for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") if os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")), None)
+    if offline:
+        return [f"hub.push: got True, but {offline}={os.environ[offline]}: no network to push to (allowed: false; push the saved "
+                f"folders later with `huggingface-cli upload {hub['repo_id']} <run dir>/m<t>/model m<t>`)"]
+    return []
 
 
 def _cross_rules(plain: dict) -> list[str]:
@@ -179,7 +214,7 @@ def _cross_rules(plain: dict) -> list[str]:
     trainer = plain.get("trainer") if isinstance(plain.get("trainer"), dict) else {}
     devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1)
     world = devices * nodes if all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (devices, nodes)) else 1
-    out += _eval_rules(plain) + _judge_rules(plain)
+    out += _eval_rules(plain) + _judge_rules(plain) + _hub_rules(plain)
     for section in ("sft", "dpo"):
         s = plain.get(section) if isinstance(plain.get(section), dict) else {}
         batch, micro = s.get("batch_size"), s.get("micro_batch_size")

@@ -30,17 +30,17 @@ import dataclasses
 import logging
 import re
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 from srl.core.subsets import subset
-from srl.data.records import RecordError, iter_json_lines, loads_json, read_text
+from srl.data.instructions import messages
+from srl.data.records import RecordError
+from srl.data.tables import read_rows
 
 log = logging.getLogger(__name__)
 
 ROLES = ("system", "user", "assistant")
 SKIPS = ("multi_turn", "empty_reply", "identical")
-FILE_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):")  # on the lstripped text: "Human:" may open it
 _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
@@ -82,21 +82,6 @@ class PreferenceSetSettings:
 
 class _Skip(Exception):
     """The row is skipped, not an error; ``args[0]`` is the reason (one of ``SKIPS``)."""
-
-
-def _messages(value: list, where: str, field: str) -> list[tuple[str, str]]:
-    """``(role, content)`` of each message of a list, validated."""
-    out = []
-    for i, msg in enumerate(value):
-        at = f"{where}: field '{field}' message {i}"
-        if not isinstance(msg, dict) or "role" not in msg or "content" not in msg:
-            raise RecordError(f"{at}: expected an object with 'role' and 'content', got {type(msg).__name__} {msg!r:.60}")
-        if msg["role"] not in ROLES:
-            raise RecordError(f"{at}: role should be one of {list(ROLES)}, got {msg['role']!r:.40}")
-        if not isinstance(msg["content"], str):
-            raise RecordError(f"{at}: content should be a string, got {type(msg['content']).__name__}")
-        out.append((msg["role"], msg["content"]))
-    return out
 
 
 def _text(text: str, where: str, field: str) -> str:
@@ -163,9 +148,9 @@ def _pair(row: Any, where: str, settings: PreferenceSetSettings) -> tuple[str, s
         if isinstance(prompt, str):
             prompt_text = _text(prompt, where, pf)
         else:
-            prompt_text = _prompt_text(_messages(prompt, where, pf), where, pf)
+            prompt_text = _prompt_text(messages(prompt, where, pf), where, pf)
         reply_c, reply_r = (
-            v.strip() if isinstance(v, str) else _reply_text(_messages(v, where, f), where, f) for f, v in ((cf, chosen), (rf, rejected))
+            v.strip() if isinstance(v, str) else _reply_text(messages(v, where, f), where, f) for f, v in ((cf, chosen), (rf, rejected))
         )
         if not reply_c or not reply_r:
             raise _Skip("empty_reply")
@@ -175,7 +160,7 @@ def _pair(row: Any, where: str, settings: PreferenceSetSettings) -> tuple[str, s
     for f, v in ((cf, chosen), (rf, rejected)):
         if isinstance(v, str) and not _is_hh(v):
             raise RecordError(f"{where}: missing field '{pf}' (needed when field '{f}' is a string, not a conversation)")
-        convs.append(_hh_messages(v, where, f) if isinstance(v, str) else _messages(v, where, f))
+        convs.append(_hh_messages(v, where, f) if isinstance(v, str) else messages(v, where, f))
     conv_c, conv_r = convs
     n = 0
     while n < min(len(conv_c), len(conv_r)) - 1 and conv_c[n] == conv_r[n]:
@@ -225,28 +210,9 @@ def read_preference_rows(
     return pairs, skipped
 
 
-def _file_rows(path: Path) -> list[tuple[str, Any]]:
-    gz = path.suffix == ".gz"
-    if (Path(path.stem).suffix if gz else path.suffix) == ".json":
-        data = loads_json(read_text(path), path)
-        if not isinstance(data, list):
-            raise RecordError(f"{path}: a .json preference set should hold a JSON list of rows, got {type(data).__name__}")
-        return [(f"item {i + 1}", row) for i, row in enumerate(data)]
-    return [(f"line {lineno}", row) for lineno, row in iter_json_lines(path)]
-
-
 def load_preference_set(settings: PreferenceSetSettings) -> tuple[list[PreferencePair], dict[str, int]]:
     """The set's pairs (a seeded subset of ``limit``, in order) and how many rows were skipped, by reason."""
-    path = Path(settings.path).expanduser()
-    if path.is_file():
-        source, rows = str(path), _file_rows(path)
-    elif path.name.endswith(FILE_SUFFIXES):
-        raise FileNotFoundError(f"preference set {settings.name!r}: file not found: {path}")
-    else:
-        import datasets  # lazily: only Hub sets need it
-
-        source = f"{settings.path} ({settings.split})"
-        rows = [(f"row {i}", row) for i, row in enumerate(datasets.load_dataset(settings.path, split=settings.split))]
+    source, rows = read_rows(settings.path, settings.split, what=f"preference set {settings.name!r}")
     pairs, skipped = read_preference_rows(rows, source, settings.name, settings)
     if any(skipped.values()):
         log.warning("preference set %s: skipped %s", settings.name, ", ".join(f"{n} {k}" for k, n in skipped.items() if n))

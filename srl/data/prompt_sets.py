@@ -9,8 +9,9 @@ Prompt sets (``eval.h2h.prompts.kind``), each read into ``PromptRecord`` with a 
   instance's input when it is not empty (the way those tasks are posed to a model);
 - ``mt_bench``: MT-Bench questions (``question_id``, ``turns``); the first turn only (srl's loop is
   single-turn);
-- ``jsonl``: one object a line with ``prompt`` (or ``instruction`` and optional ``input``) and an
-  optional ``id``.
+- ``jsonl``: any prompt column (``field``; null: ``prompt``, or ``instruction`` and optional
+  ``input``) of a JSONL/JSON/Parquet file, a ``save_to_disk`` folder or a Hub data set (``split``);
+  a row's ``id`` names it, else its line or row.
 
 Reply files hold ``Candidate`` records (``replies.jsonl``, written by srl); reference replies may
 also come from an AlpacaEval-format file (a JSON list or JSONL of ``instruction``/``output``),
@@ -26,6 +27,7 @@ import random
 from pathlib import Path
 from typing import Any, Sequence
 
+from srl.data.tables import read_rows
 from srl.data.records import (
     Candidate,
     IFTExample,
@@ -49,6 +51,8 @@ class PromptSetSettings:
     path: str | None = None
     limit: int | None = None
     seed: int = 0
+    field: str | None = None  # kind=jsonl: the prompt column (null: prompt, or instruction + input)
+    split: str = "train"  # kind=jsonl from a Hub data set or a saved DatasetDict
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -94,16 +98,52 @@ def read_mt_bench(path: str | Path) -> list[PromptRecord]:
     return out
 
 
-def read_plain(path: str | Path) -> list[PromptRecord]:
+def _column_text(value: Any, where: str, field: str) -> str:
+    """A prompt from a column: a string, or a list of messages (its first user message: srl's loop is single-turn)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        for i, msg in enumerate(value):
+            if not isinstance(msg, dict) or not isinstance(msg.get("content"), str):
+                raise RecordError(f"{where}: field '{field}' message {i}: expected an object with 'role' and string 'content'")
+            if msg.get("role") == "user":
+                return msg["content"]
+        raise RecordError(f"{where}: field '{field}': no message with role 'user'")
+    raise RecordError(f"{where}: field '{field}' should be a string or a list of messages, got {type(value).__name__}")
+
+
+def read_prompt_column(path: str, split: str = "train", field: str | None = None, what: str = "prompt set") -> tuple[str, list[tuple[str, str]]]:
+    """``(source, [(id, prompt), ...])`` from any rows ``srl.data.tables.read_rows`` reads (a file, a saved data set, the Hub).
+
+    ``field`` names the text column (a string, or messages: the first user message); null: ``prompt``,
+    else ``instruction`` followed by a blank line and ``input`` when that is not empty (Alpaca,
+    Self-Instruct). Rows whose text is empty are left out. A row's ``id`` names it, else its label
+    (``line3``, ``row0``).
+    """
+    source, rows = read_rows(path, split, what=what)
+    if not rows:
+        raise RecordError(f"{source}: no rows (an empty {what})")
     out = []
-    for lineno, row in iter_json_lines(path):
-        where = f"{path}:{lineno}"
-        if isinstance(row, dict) and "prompt" in row:
-            text = _field(row, "prompt", where).strip()
-        else:
+    for label, row in rows:
+        where = f"{source} {label}"
+        if not isinstance(row, dict):
+            raise RecordError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        if field is not None:
+            if field not in row:
+                raise RecordError(f"{where}: missing field '{field}' (fields of the row: {sorted(row)})")
+            text = _column_text(row[field], where, field)
+        elif "prompt" in row:
+            text = _column_text(row["prompt"], where, "prompt")
+        elif "instruction" in row:
             text = _with_input(_field(row, "instruction", where), row.get("input"))
-        out.append(PromptRecord(str(row.get("id", f"line{lineno}")), text, "jsonl"))
-    return out
+        else:
+            raise RecordError(f"{where}: missing field 'prompt' (or 'instruction'; name another column with the set's field setting)")
+        if text.strip():
+            out.append((str(row["id"]) if isinstance(row.get("id"), (str, int)) and not isinstance(row.get("id"), bool) else label.replace(" ", ""),
+                        text.strip()))
+    if not out:
+        raise RecordError(f"{source}: no non-empty prompt among {len(rows)} rows ({what})")
+    return source, out
 
 
 def heldout_prompts(examples: Sequence[IFTExample]) -> list[PromptRecord]:
@@ -116,9 +156,13 @@ def load_prompt_set(settings: PromptSetSettings, heldout: Sequence[IFTExample] =
         prompts = heldout_prompts(heldout)
     else:
         path = Path(settings.path).expanduser()
-        if not path.is_file():
+        if not path.is_file() and settings.kind != "jsonl":
             raise FileNotFoundError(f"eval prompt file not found: {path}")
-        prompts = {"self_instruct": read_self_instruct, "mt_bench": read_mt_bench, "jsonl": read_plain}[settings.kind](path)
+        if settings.kind == "jsonl":
+            _, texts = read_prompt_column(settings.path, settings.split, settings.field, what="jsonl prompt set")
+            prompts = [PromptRecord(prompt_id, text, "jsonl") for prompt_id, text in texts]
+        else:
+            prompts = {"self_instruct": read_self_instruct, "mt_bench": read_mt_bench}[settings.kind](path)
         if not prompts:
             raise RecordError(f"{path}: no rows (an empty {settings.kind} prompt set)")
     ids = [p.prompt_id for p in prompts]

@@ -27,12 +27,21 @@ class RecordError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class IFTExample:
-    """Instruction fine-tuning example: a first-turn prompt and its best-ranked (rank 0) reply."""
+    """Instruction fine-tuning example: a first-turn prompt and its reply (oasst1: the best-ranked, rank 0).
+
+    ``turns`` holds the whole conversation, ``(role, content)`` with role system/user/assistant, when
+    it is more than one plain user -> assistant exchange (a user's ``messages`` data,
+    ``srl.data.instructions``); then SFT trains on every assistant turn, or on the last one only when
+    ``train_last_only`` (a prompt/completion row with a conversational prompt). ``prompt`` and
+    ``response`` are always the first user message and the first reply.
+    """
 
     prompt: str
     response: str
     tree_id: str
     message_id: str
+    turns: tuple[tuple[str, str], ...] = ()
+    train_last_only: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +103,11 @@ def _check_type(value: Any, annotation: Any) -> bool:
     return True
 
 
+def _tuples(value: Any) -> Any:
+    """JSON lists as tuples, nested too (records are frozen, their sequences hashable)."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
 def record_from_dict(cls: type[T], data: Any, where: str) -> T:
     """Build a record of type ``cls`` from a decoded JSON object; ``where`` prefixes any error."""
     if not isinstance(data, dict):
@@ -113,7 +127,7 @@ def record_from_dict(cls: type[T], data: Any, where: str) -> T:
         if not _check_type(value, hints[name]):
             raise RecordError(f"{where}: field '{name}' has {type(value).__name__} {value!r:.60}, expected {hints[name]}")
         if typing.get_origin(hints[name]) is tuple:
-            value = tuple(value)
+            value = _tuples(value)
         kwargs[name] = value
     return cls(**kwargs)
 
@@ -251,9 +265,10 @@ class Pair:
     prompt: str
     chosen: str
     rejected: str
-    chosen_score: float
-    rejected_score: float
+    chosen_score: float | None  # the judge's; None for a given pair (source other than "self")
+    rejected_score: float | None
     ref_chosen_logp: float | None
     ref_rejected_logp: float | None
     chosen_finished: bool = True  # False: cut at max_new_tokens (no end-of-turn is trained after it)
     rejected_finished: bool = True
+    source: str = "self"  # "self": made from the iteration's judged candidates; else the name of a pairs.extra set

@@ -92,6 +92,7 @@ class EvalSettings:
     def __post_init__(self) -> None:
         if self.bootstrap_samples < 1:
             raise ValueError(f"eval.bootstrap_samples must be >= 1, got {self.bootstrap_samples}")
+        self.preference_sets = [p if isinstance(p, PreferenceSetSettings) else PreferenceSetSettings(**dict(p)) for p in self.preference_sets]
         names = [p.name for p in self.preference_sets]
         if len(set(names)) != len(names):
             raise ValueError(f"eval.preference_sets: names must differ, got {names}")

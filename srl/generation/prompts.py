@@ -16,7 +16,8 @@ from srl.core.hashing import derive_seed
 from srl.core.progress import ChunkHook, progress_bar
 from srl.data.partial import PartialJsonl
 from srl.data.prompt_filters import PromptFilters, few_shot_prompt, parse_task, reject_reason, words
-from srl.data.records import PromptAttempt, PromptRecord, RecordError, iter_json_lines
+from srl.data.prompt_sets import read_prompt_column
+from srl.data.records import PromptAttempt, PromptRecord
 from srl.generation.sample import newline_token_ids, sample_chat
 from srl.generation.sampling import SamplingSettings
 
@@ -30,7 +31,12 @@ class PromptGenSettings:
     num_model_shots: int = 2
     max_attempts: int | None = None  # default: 4 x num_prompts
     source: str = "generate"  # generate | pool
-    pool_path: str | None = None
+    pool_path: str | None = None  # a JSONL/JSON/Parquet file, a save_to_disk folder or a Hub data set id
+    pool_split: str = "train"
+    pool_field: str | None = None  # the prompt column; null: prompt, or instruction + input
+    demos_path: str | None = None  # the human demonstrations' set (same forms); null: the IFT prompts (data/ift_train.jsonl)
+    demos_split: str = "train"
+    demos_field: str | None = None
     model: str | None = None  # None: the starting model M0
     filters: PromptFilters = dataclasses.field(default_factory=PromptFilters)
     sampling: SamplingSettings = dataclasses.field(default_factory=lambda: SamplingSettings(temperature=0.6, top_p=0.9, max_new_tokens=128))
@@ -39,7 +45,7 @@ class PromptGenSettings:
         if self.source not in ("generate", "pool"):
             raise ValueError(f"prompt_gen.source must be 'generate' or 'pool', got {self.source!r}")
         if self.source == "pool" and not self.pool_path:
-            raise ValueError("prompt_gen.source=pool needs prompt_gen.pool_path (a JSONL file with a 'prompt' field)")
+            raise ValueError("prompt_gen.source=pool needs prompt_gen.pool_path (a file, saved data set or Hub id with a prompt column)")
 
 
 def generate_prompts(
@@ -89,15 +95,17 @@ def generate_prompts(
 
 
 def pool_prompts(path: str | Path, settings: PromptGenSettings, seed: int, iteration: int) -> tuple[list[PromptRecord], dict[str, Any]]:
-    """``num_prompts`` prompts sampled (seeded) from a JSONL pool: field ``prompt`` or ``instruction`` (+ ``input``)."""
-    pool = []
-    for lineno, row in iter_json_lines(path):
-        text = row.get("prompt") or row.get("instruction") if isinstance(row, dict) else None
-        if not isinstance(text, str):
-            raise RecordError(f"{path}:{lineno}: missing field 'prompt' (or 'instruction')")
-        extra = row.get("input")
-        pool.append(f"{text}\n\n{extra}" if isinstance(extra, str) and extra.strip() else text)
+    """``num_prompts`` prompts sampled (seeded) from a pool: column ``pool_field``, or ``prompt``, or ``instruction`` (+ ``input``)."""
+    _, rows = read_prompt_column(str(path), settings.pool_split, settings.pool_field, what="prompt_gen.pool_path")
+    pool = [text for _, text in rows]
     rng = random.Random(derive_seed(seed, iteration, "pool"))
     picked = sorted(rng.sample(range(len(pool)), min(settings.num_prompts, len(pool))))
     records = [PromptRecord(f"it{iteration}-pool{i:05d}", pool[i].strip(), "pool") for i in picked]
     return records, {"attempts": len(records), "accepted": len(records), "acceptance_rate": 1.0, "pool_size": len(pool)}
+
+
+def demonstrations(settings: PromptGenSettings, ift_prompts: Sequence[str]) -> list[str]:
+    """The human prompts shown as few-shot demonstrations: ``demos_path``'s column, or the IFT prompts."""
+    if not settings.demos_path:
+        return list(ift_prompts)
+    return [text for _, text in read_prompt_column(settings.demos_path, settings.demos_split, settings.demos_field, what="prompt_gen.demos_path")[1]]

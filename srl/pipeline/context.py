@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Sequence, Callable
 
 import lightning as L
 
@@ -140,7 +140,7 @@ def accumulation(s: Any, name: str) -> int:
 
 def fit_stage(
     ctx: StageContext, module: L.LightningModule, datamodule: L.LightningDataModule, s: Any, name: str, metrics: dict[str, Any],
-    prefix: str, validate_first: bool = False,
+    prefix: str, validate_first: bool = False, callbacks: Sequence[L.Callback] = (),
 ) -> tuple[L.Trainer, float, StageProgress]:
     """Train ``module`` as stage ``name`` with dropout ``s.dropout``, resuming from the stage's
     checkpoint if a run was stopped in it; adds the stage statistics of ``prefix``
@@ -155,7 +155,7 @@ def fit_stage(
         logger=ctx.tracker.logger if ctx.tracker.logger is not None else False,
         default_root_dir=str(ctx.run_dir / name),
         enable_checkpointing=False,  # steps.StageProgress saves the stage's checkpoints
-        callbacks=[progress],
+        callbacks=[progress, *callbacks],
         limit_val_batches=None if validate_first else 0,
         use_distributed_sampler=False,  # SFTDataModule shards by rank itself (length-grouped batches included)
     )

@@ -65,7 +65,13 @@ EXCLUDED = ("eval.in_loop", "trainer.log_every_n_steps", "trainer.enable_progres
 
 # Keys added after run dirs existed, left out at the value that computes what those runs computed, so
 # such a run dir still resumes: judge.by=self (the model judges itself) and external_judge=none ({}).
-UNCHANGED_AT = {"judge.by": "self", "external_judge": {}}
+# data.instructions and data.eft_rows: a user's own SFT data, off (left out) while the path is null.
+# prompt_gen's pool/demonstration columns, eval.h2h.prompts' field/split, pairs.extra: at these values, what they read before.
+UNCHANGED_AT = {"judge.by": "self", "external_judge": {}, "prompt_gen.pool_split": "train", "prompt_gen.pool_field": None,
+                "prompt_gen.demos_path": None, "prompt_gen.demos_split": "train", "prompt_gen.demos_field": None,
+                "eval.h2h.prompts.field": None, "eval.h2h.prompts.split": "train", "pairs.extra": []}
+# sft.select / dpo.select: checkpoint selection, off (left out) while every_steps is 0.
+OFF_AT = {"data.instructions": ("path", None), "data.eft_rows": ("path", None), "sft.select": ("every_steps", 0), "dpo.select": ("every_steps", 0)}
 
 
 def target_name(value: Any) -> Any:
@@ -79,6 +85,8 @@ def target_name(value: Any) -> Any:
 
 def _flat(key: str, value: Any, out: dict[str, Any]) -> None:
     if key in UNCHANGED_AT and value == UNCHANGED_AT[key]:
+        return
+    if key in OFF_AT and (value is None or (isinstance(value, dict) and value.get(OFF_AT[key][0]) == OFF_AT[key][1])):
         return
     if isinstance(value, dict) and value:
         for k, v in value.items():

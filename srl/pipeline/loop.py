@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -32,7 +33,9 @@ from srl.generation.prompts import PromptGenSettings
 from srl.generation.slot import ModelSlot
 from srl.judging.settings import JudgeSettings
 from srl.pipeline.context import NoPairsError, RunModels, StageContext, StageResult  # noqa: F401  (NoPairsError: part of the loop's API)
+from srl.pipeline import model_card
 from srl.pipeline.manifest import Manifest, find_manifests
+from srl.pipeline.model_card import HubSettings
 from srl.pipeline.stages.data import DataSettings, run_data
 from srl.pipeline.stages.dpo import run_dpo
 from srl.pipeline.stages.evaluation import run_eval, write_eval_table
@@ -45,6 +48,7 @@ from srl.training.pairs import PairSettings
 from srl.training.sft import SFTSettings
 
 log = logging.getLogger(__name__)
+MODEL_STAGE = re.compile(r"m[1-9][0-9]*")  # m1 (SFT), m2, m3, ... (DPO): the stages that save a model
 
 ITERATION_STAGES = ("prompts", "candidates", "judgements", "pairs")
 
@@ -110,6 +114,8 @@ class SelfRewardingLoop:
         hook: ChunkHook | None = None,
         peft: PeftSettings | None = None,
         backend: Any | None = None,
+        hub: HubSettings | None = None,
+        command: str = "python -m srl.run",
     ) -> None:
         self.run_dir = Path(run_dir)
         self.data, self.judge, self.sft = data, judge, sft
@@ -119,7 +125,8 @@ class SelfRewardingLoop:
         self.pairs = pairs if pairs is not None else PairSettings(seed=loop.seed)
         self.evaluation = evaluation if evaluation is not None and evaluation.in_loop else None
         self.stages = stage_names(loop.num_models, self.evaluation is not None)
-        for pref in self.evaluation.preference_sets if self.evaluation else ():
+        self.hub, self.command = hub if hub is not None else HubSettings(), command
+        for pref in [*(self.evaluation.preference_sets if self.evaluation else ()), *self.pairs.extra]:
             load_preference_set(pref)  # a malformed preference set stops here (file, line, field), before any model loads
         if loop.stop_after is not None and loop.stop_after not in self.stages:
             raise ValueError(f"iteration.stop_after={loop.stop_after!r} is not a stage of this run (eval.in_loop is off); stages: {self.stages}")
@@ -194,17 +201,31 @@ class SelfRewardingLoop:
                 metrics, outputs = self.run_stage(stage)
                 metrics[f"time/{stage}_s"] = round(time.perf_counter() - started, 2)
                 self.tracker.log(metrics)
+                if MODEL_STAGE.fullmatch(stage) and self.hub.model_card:
+                    distributed.on_main(lambda: self.write_card(int(stage[1:]), fingerprint))  # a file of the model folder: before record
                 self.manifest.record(stage, stamp, metrics, outputs)
                 distributed.barrier()  # the stage's files are complete before any rank reads them
             if stage == self.settings.stop_after:
                 break
+
+    def write_card(self, t: int, fingerprint: str) -> Path | None:
+        """``m{t}/model/README.md``: what M_t is and how it was made (``srl.pipeline.model_card``)."""
+        folder = self.models.folder(t)
+        if not folder.is_dir():
+            return None
+        return model_card.write_card(folder, t, model_card.base_name(self.models.start), self.data.describe(), self.tracker.summary,
+                                     self.command, fingerprint)
+
+    def model_folders(self) -> dict[int, Path]:
+        """The saved M_t folders of the run (t >= 1)."""
+        return {t: self.models.folder(t) for t in range(1, self.settings.num_models + 1) if self.models.folder(t).is_dir()}
 
     def run_stage(self, stage: str) -> StageResult:
         ctx = self.ctx
         if stage == "data":
             return run_data(ctx, self.data, self.judge)
         if stage == "m1":
-            return run_sft(ctx, self.sft)
+            return run_sft(ctx, self.sft, self.judge)
         if stage.startswith("eval/"):
             return run_eval(ctx, int(stage[len("eval/m"):]), self._require("evaluation"), self.judge)
         if stage.startswith("iter"):
@@ -217,7 +238,7 @@ class SelfRewardingLoop:
             if kind == "judgements":
                 return run_judgements(ctx, t, self.judge)
             return run_pairs(ctx, t, self.pairs, self._require("dpo"), self.judge)
-        return run_dpo(ctx, int(stage[1:]), self._require("dpo"))
+        return run_dpo(ctx, int(stage[1:]), self._require("dpo"), self.judge)
 
     def _require(self, what: str) -> Any:
         value = getattr(self, what)

@@ -23,8 +23,15 @@ from srl.core import distributed
 from srl.training.adapters import is_adapter_model
 from srl.training.batching import step_loss_scale
 from srl.training.encoding import EncodedExample, collate_right, encode_example
-from srl.training.losses import PREFERENCE_LOSSES, PreferenceLoss, model_logprobs, preference_loss, row_sums
+from srl.training.losses import (
+    PREFERENCE_LOSSES,
+    PreferenceLoss,
+    model_logprobs,
+    preference_loss,
+    row_sums,
+)
 from srl.training.schedules import build_optimization
+from srl.training.selection import SelectSettings
 from srl.training.sft import checkpointing
 from srl.training.steps import StepStats, checkpoint_state, restore_state
 
@@ -53,6 +60,7 @@ class DPOSettings:
     seed: int = 0
     group_by_length: bool = True  # micro-batches of similar length (less padding)
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, more compute
+    select: SelectSettings = dataclasses.field(default_factory=SelectSettings)  # checkpoint selection (srl.training.selection): off by default
 
     def __post_init__(self) -> None:
         if self.batch_size % self.micro_batch_size:

@@ -63,15 +63,74 @@ def encode_example(
     return EncodedExample(ids, labels), reason
 
 
+def turn_segments(tokenizer: Any, turns: Sequence[tuple[str, str]], last_only: bool = False) -> list[tuple[str, bool]]:
+    """The rendered conversation cut into ``(text, is_target)`` pieces, in order, that join to the whole.
+
+    Target pieces are the assistant turns as the chat template writes them (the reply and its
+    end-of-turn), found by rendering the conversation up to each reply with the generation prompt
+    (where the reply starts) and with the reply (where it ends); both must be prefixes of the whole
+    rendering. Everything else (system, user turns, template text) is context. ``last_only``: only
+    the final assistant turn is a target.
+    """
+    msgs = [{"role": role, "content": content} for role, content in turns]
+    full = tokenizer.apply_chat_template(msgs, tokenize=False)
+    replies = [i for i, (role, _) in enumerate(turns) if role == "assistant"]
+    if last_only:
+        replies = replies[-1:]
+    pieces: list[tuple[str, bool]] = []
+    done = 0
+    for i in replies:
+        head = tokenizer.apply_chat_template(msgs[:i], tokenize=False, add_generation_prompt=True)
+        upto = tokenizer.apply_chat_template(msgs[: i + 1], tokenize=False)
+        start = len(head)
+        if not (full.startswith(head) and full.startswith(upto)) or start < done:
+            raise ValueError("the chat template does not render each turn as a prefix of the conversation; cannot mask labels per turn")
+        pieces += [(full[done:start], False), (full[start:len(upto)], True)]
+        done = len(upto)
+    pieces.append((full[done:], False))
+    return [(text, target) for text, target in pieces if text]
+
+
+def encode_turns(
+    tokenizer: Any, turns: Sequence[tuple[str, str]], max_length: int, last_only: bool = False,
+) -> tuple[EncodedExample | None, str | None]:
+    """A multi-turn conversation with labels on every assistant turn (``turn_segments``), -100 elsewhere.
+
+    Each piece is tokenized alone, so label boundaries are exact (as ``encode_example`` does for one
+    turn: a one-turn conversation encodes the same). Cut at ``max_length``; skipped
+    (``prompt_too_long``) when no target token fits.
+    """
+    ids: list[int] = []
+    labels: list[int] = []
+    for text, target in turn_segments(tokenizer, turns, last_only):
+        piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids += piece
+        labels += piece if target else [IGNORE_INDEX] * len(piece)
+    reason = None
+    if len(ids) > max_length:
+        ids, labels, reason = ids[:max_length], labels[:max_length], "completion_truncated"
+    if all(label == IGNORE_INDEX for label in labels):
+        return None, "prompt_too_long"
+    return EncodedExample(tuple(ids), tuple(labels)), reason
+
+
+def encode_ift(tokenizer: Any, ex: IFTExample, max_length: int) -> tuple[EncodedExample | None, str | None]:
+    """An IFT example: its whole conversation when it has ``turns``, else prompt -> response."""
+    if ex.turns:
+        return encode_turns(tokenizer, ex.turns, max_length, ex.train_last_only)
+    return encode_example(tokenizer, ex.prompt, ex.response, max_length)
+
+
 def encode_sft(
     tokenizer: Any, ift: Sequence[IFTExample], eft: Sequence[EFTExample], max_length: int
 ) -> tuple[list[EncodedExample], dict[str, int]]:
-    """Encode IFT (prompt -> reply) and EFT (judge prompt -> justification + score) examples."""
+    """Encode IFT (prompt -> reply, or a conversation with every reply a target) and EFT (judge prompt -> justification + score) examples."""
     counts: collections.Counter = collections.Counter()
-    pairs = [(ex.prompt, ex.response, "ift") for ex in ift] + [(ex.judge_prompt, ex.target, "eft") for ex in eft]
+    jobs = [(lambda ex=ex: encode_ift(tokenizer, ex, max_length), "ift") for ex in ift]
+    jobs += [(lambda ex=ex: encode_example(tokenizer, ex.judge_prompt, ex.target, max_length), "eft") for ex in eft]
     out = []
-    for prompt, completion, kind in pairs:
-        encoded, reason = encode_example(tokenizer, prompt, completion, max_length)
+    for job, kind in jobs:
+        encoded, reason = job()
         if reason:
             counts[f"{kind}_{reason}"] += 1
         if encoded is not None:

@@ -39,6 +39,7 @@ import random
 from typing import Sequence
 
 from srl.core.hashing import derive_seed
+from srl.data.preference_sets import PreferenceSetSettings
 from srl.data.records import Candidate, Judgement
 
 RULES = ("max_min", "max_random", "length_controlled")
@@ -68,8 +69,15 @@ class PairSettings:
     length_tier: float = 0.25
     seed: int = 0
     truncated: str = "not_chosen"
+    # Given preference pairs (TRL's prompt/chosen/rejected, as eval.preference_sets reads them) added to
+    # every iteration's self-made pairs; a tie row is left out (it prefers neither reply). () : none.
+    extra: Sequence[PreferenceSetSettings] = ()
 
     def __post_init__(self) -> None:
+        self.extra = [e if isinstance(e, PreferenceSetSettings) else PreferenceSetSettings(**dict(e)) for e in self.extra]
+        names = [e.name for e in self.extra]
+        if len(set(names)) != len(names):
+            raise ValueError(f"pairs.extra: names must differ, got {names}")
         if self.rule not in RULES:
             raise ValueError(f"pairs.rule={self.rule!r} is not a pair rule; choose one of {list(RULES)}")
         if not 0.0 <= self.length_tier < 0.5:

@@ -18,10 +18,17 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from srl.core import distributed
-from srl.training.batching import StepBatches, Tagged, item_length, item_weight, step_loss_scale
+from srl.training.batching import (
+    StepBatches,
+    Tagged,
+    item_length,
+    item_weight,
+    step_loss_scale,
+)
 from srl.training.encoding import collate_right
 from srl.training.losses import model_logprobs
 from srl.training.schedules import build_optimization
+from srl.training.selection import SelectSettings
 from srl.training.steps import StepStats, checkpoint_state, restore_state
 
 log = logging.getLogger(__name__)
@@ -48,6 +55,7 @@ class SFTSettings:
     seed: int = 0
     group_by_length: bool = True  # micro-batches of similar length: less padding, same examples per epoch
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more compute
+    select: SelectSettings = dataclasses.field(default_factory=SelectSettings)  # checkpoint selection (srl.training.selection): off by default
 
     def __post_init__(self) -> None:
         if self.batch_size % self.micro_batch_size:

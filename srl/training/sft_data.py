@@ -1,13 +1,15 @@
 """The SFT data of a run (paper Sec. 3.1): IFT examples, EFT examples and the held-out split by
-message tree, built from oasst1 messages and written to ``data/``."""
+message tree, built from oasst1 messages and written to ``data/``; a user's own instruction data
+and EFT rows (``srl.data.instructions``) replace oasst1's IFT and add to its EFT (``compose``)."""
 
 from __future__ import annotations
 
 import collections
 import dataclasses
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
+from srl.data.instructions import EFTRowsSource, InstructionSource
 from srl.data.oasst import Message, first_turns, ift_examples, ranked_prompts, split_trees
 from srl.data.records import EFTExample, IFTExample, RankedPrompt, RecordError, write_json, write_jsonl
 from srl.judging.eft import JudgeFn, eft_paper, eft_ranked
@@ -85,3 +87,38 @@ def build(messages: Sequence[Message], settings: BuildSettings, template: JudgeT
         eft_train=len(eft_train),
     )
     return BuildResult(ift_train, ift_heldout, eft_train, ranked_heldout, sorted(heldout_ids), dict(sorted(counts.items())))
+
+
+def compose(
+    source: Any | None, instructions: InstructionSource | None, eft_rows: EFTRowsSource | None, settings: BuildSettings,
+    template: JudgeTemplate, judge_fn: JudgeFn | None = None,
+) -> BuildResult:
+    """The run's SFT data from every source the config names.
+
+    ``source`` (oasst1, or None) gives IFT, EFT and the held-out rankings as ``build`` does;
+    ``instructions`` (when its path is set) replaces the IFT train and held-out examples with the
+    user's own; ``eft_rows`` (when its path is set) adds judge-training rows to the EFT examples.
+    Counts of each part are kept; ``ift_train``, ``ift_heldout`` and ``eft_train`` count what the run uses.
+    """
+    use_instructions = instructions is not None and bool(instructions.path)
+    use_rows = eft_rows is not None and bool(eft_rows.path)
+    if source is None and not use_instructions:
+        raise ValueError("no instruction data: data.source is null and data.instructions.path is not set")
+    if source is not None:
+        result = build(source.load(), settings, template, judge_fn)
+    else:
+        result = BuildResult([], [], [], [], [], {})
+    counts = dict(result.counts)
+    if use_instructions:
+        train, heldout, extra = instructions.load()
+        if source is not None:
+            counts.update(oasst_ift_train_replaced=len(result.ift_train), oasst_ift_heldout_replaced=len(result.ift_heldout))
+        result.ift_train, result.ift_heldout = train, heldout
+        counts.update(extra)
+    if use_rows:
+        rows, extra = eft_rows.load(template)
+        result.eft_train = result.eft_train + rows
+        counts.update(extra)
+    counts.update(ift_train=len(result.ift_train), ift_heldout=len(result.ift_heldout), eft_train=len(result.eft_train))
+    result.counts = dict(sorted(counts.items()))
+    return result

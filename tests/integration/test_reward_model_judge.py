@@ -130,3 +130,83 @@ def test_run_with_the_reward_model_judging_everywhere(reward_model, tmp_path):
         mine = [j for j in h2h if j.candidate == 0]
         assert [j.score for j in mine] == pytest.approx(judge.score([(replies[j.prompt_id].prompt, replies[j.prompt_id].response) for j in mine]), abs=1e-5)
     assert "| M2 |" in (run / "eval" / "table.md").read_text()
+
+
+def _select_run(tmp_path, reward_model, *extra):
+    from test_run import loop_for
+
+    rm = ["external_judge=reward_model", f"external_judge.path={reward_model}"]
+    args = [*rm, "sft.select.every_steps=2", "sft.select.judge=external", "sft.select.keep_snapshots=true", "sft.select.prompts.limit=3",
+            "iteration.stop_after=m1", *extra]
+    loop = loop_for(tmp_path, *args)
+    return loop, loop.run()
+
+
+def test_checkpoint_selection_with_the_reward_model_records_the_choice_and_saves_it(tmp_path, reward_model):
+    from safetensors.torch import load_file
+
+    from srl.training.selection import snapshots
+
+    loop, summary = _select_run(tmp_path, reward_model)
+    folder = tmp_path / "m1" / "select"
+    steps = [s for s, _ in snapshots(folder)]
+    assert steps[0] == 2 and steps[-1] == summary["m1/sft/steps"] and summary["m1/sft/select/snapshots"] == len(steps)
+    comparisons = [json.loads(line) for line in (folder / "comparisons.jsonl").read_text().splitlines()]
+    assert len(comparisons) == len(steps) - 1 == summary["m1/sft/select/comparisons"]
+    chosen = json.loads((folder / "chosen.json").read_text())
+    assert chosen["chosen_step"] == summary["m1/sft/select/chosen_step"] and chosen["snapshots"] == steps
+    # each comparison recomputed from the reward model's scores of the two checkpoints' replies
+    judge = RewardModelJudge(path=str(reward_model))
+    kept = steps[0]
+    for c in comparisons:
+        mine = {r.prompt_id: r for r in read_jsonl(folder / f"replies_step{c['candidate_step']:06d}.jsonl", Candidate)}
+        theirs = {r.prompt_id: r for r in read_jsonl(folder / f"replies_step{c['kept_step']:06d}.jsonl", Candidate)}
+        assert c["kept_step"] == kept and len(mine) == 3
+        scored = read_jsonl(folder / f"scores_step{c['candidate_step']:06d}_vs_{c['kept_step']:06d}.jsonl", Judgement)
+        by = {(j.prompt_id, j.candidate): j.score for j in scored}  # candidate 0: the later checkpoint's reply, 1: the kept one's
+        wins = losses = ties = 0
+        for p in mine:
+            a, b = judge.score([(mine[p].prompt, mine[p].response)])[0], judge.score([(theirs[p].prompt, theirs[p].response)])[0]
+            assert (by[(p, 0)], by[(p, 1)]) == (pytest.approx(a, abs=1e-5), pytest.approx(b, abs=1e-5))
+            a, b = (0.0, 0.0) if mine[p].response == theirs[p].response else (by[(p, 0)], by[(p, 1)])  # the same reply: a tie
+            wins, losses, ties = wins + (a > b), losses + (b > a), ties + (a == b)
+        assert (c["wins"], c["losses"], c["ties"]) == (wins, losses, ties)
+        kept = c["candidate_step"] if wins > losses else kept
+    assert kept == chosen["chosen_step"]
+    # the saved M1 holds the chosen snapshot's weights
+    saved = load_file(tmp_path / "m1" / "model" / "model.safetensors")
+    snap = torch.load(folder / f"step{kept:06d}.pt", weights_only=True)
+    shared = [k for k in snap if k in saved]
+    assert len(shared) >= len(snap) - 1 and all(torch.equal(saved[k], snap[k]) for k in shared)  # (tied embeddings are saved once)
+    last = torch.load(folder / f"step{steps[-1]:06d}.pt", weights_only=True)
+    assert kept == steps[-1] or any(not torch.equal(snap[k], last[k]) for k in shared)  # an earlier choice is not the last weights
+    assert "| m1/sft/select/chosen_step |" in (tmp_path / "m1" / "model" / "README.md").read_text()
+
+
+class OrderJudge:
+    """A score judge that prefers one side of every comparison: selection asks about (candidate, kept) pairs in that order."""
+
+    kind = "score"
+
+    def __init__(self, prefer_candidate: bool) -> None:
+        self.prefer_candidate = prefer_candidate
+
+    def describe(self) -> str:
+        return f"order judge ({'later' if self.prefer_candidate else 'earlier'})"
+
+    def score(self, items):
+        return [float((i % 2 == 0) == self.prefer_candidate) for i in range(len(items))]
+
+
+@pytest.mark.parametrize("prefer_later", [True, False])
+def test_a_judge_preferring_the_later_checkpoint_keeps_the_last_and_the_earlier_the_first(tmp_path, reward_model, prefer_later, monkeypatch):
+    import srl.config.judges as judges
+
+    monkeypatch.setattr(judges, "external_judge", lambda cfg: OrderJudge(prefer_later))
+    # sampled replies (T=1): two checkpoints' replies differ (the same reply from both would be a tie, whatever the judge says)
+    _, summary = _select_run(tmp_path, reward_model, "sft.select.keep_snapshots=false", "sft.select.reply_sampling.temperature=1.0")
+    chosen = json.loads((tmp_path / "m1" / "select" / "chosen.json").read_text())
+    comparisons = [json.loads(line) for line in (tmp_path / "m1" / "select" / "comparisons.jsonl").read_text().splitlines()]
+    assert all(c["ties"] == 0 for c in comparisons)
+    assert chosen["chosen_step"] == (chosen["snapshots"][-1] if prefer_later else chosen["snapshots"][0])
+    assert len(chosen["snapshots"]) >= 3 and not list((tmp_path / "m1" / "select").glob("step*.pt"))  # snapshots deleted

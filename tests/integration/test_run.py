@@ -39,6 +39,13 @@ def test_smoke_experiment_cli_runs_m1_to_m3(tmp_path):
         assert summary[f"iter{t}/pairs/kept"] >= 1
         assert 0.0 <= summary[f"iter{t}/judge/parse_fail_rate"] < 1.0
         assert summary[f"m{t + 1}/dpo/steps"] >= 1
+    # every saved model has its card: what it is, this stage's statistics as the summary has them, the command
+    for t, kind in ((1, "sft"), (2, "dpo"), (3, "dpo")):
+        card = (tmp_path / f"m{t}" / "model" / "README.md").read_text()
+        assert card.startswith("---\nbase_model: ") and f"# M{t} of an srl self-rewarding run" in card
+        assert f"| m{t}/{kind}/loss_mean | {summary[f'm{t}/{kind}/loss_mean']:.4g} |" in card
+        assert f"python -m srl.run +experiment=smoke hydra.run.dir={tmp_path}" in card
+    assert f"- iter1/pairs/kept: {summary['iter1/pairs/kept']}" in (tmp_path / "m2" / "model" / "README.md").read_text()
     n_prompts = len((tmp_path / "iter1" / "prompts.jsonl").read_text().splitlines())
     assert len((tmp_path / "iter1" / "candidates.jsonl").read_text().splitlines()) == 4 * n_prompts
     for t in (1, 2, 3):
@@ -146,6 +153,68 @@ def test_prepare_data_cli_on_shared_file(oasst_validation, tmp_path):
     heldout = set(json.loads((tmp_path / "heldout_tree_ids.json").read_text()))
     train_trees = {json.loads(line)["tree_id"] for line in (tmp_path / "ift_train.jsonl").read_text().splitlines()}
     assert heldout and not heldout & train_trees
+
+
+def test_a_users_conversations_and_eft_rows_train_m1(tmp_path):
+    """data=messages: the data stage writes the user's conversations (turns kept) and EFT rows, and M1 trains on every reply."""
+    msgs = lambda *turns: [{"role": r, "content": c} for r, c in turns]  # noqa: E731
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text("".join(json.dumps({"id": f"c{i}", "messages": msgs(("user", f"Name colour {i}."), ("assistant", "Blue."),
+                                                                            ("user", "Another?"), ("assistant", "Red."))}) + "\n"
+                             for i in range(12)))
+    eft = tmp_path / "eft.jsonl"
+    eft.write_text(json.dumps({"prompt": "What is 2+2?", "response": "4", "judgement": "Correct.", "score": 5}) + "\n")
+    run_dir = tmp_path / "run"
+    loop_for(run_dir, "data=messages", f"data.instructions.path={chats}", "data.instructions.heldout_fraction=0.25",
+             f"data.eft_rows.path={eft}", "iteration.stop_after=m1").run()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    ift = [json.loads(line) for line in (run_dir / "data" / "ift_train.jsonl").read_text().splitlines()]
+    assert len(ift) == 9 and summary["data/ift_heldout"] == 3 and summary["data/instructions_multi_turn"] == 12
+    assert ift[0]["turns"][-1] == ["assistant", "Red."]
+    eft_rows = [json.loads(line) for line in (run_dir / "data" / "eft_train.jsonl").read_text().splitlines()]
+    assert eft_rows[-1]["mode"] == "rows" and eft_rows[-1]["target"] == "Correct.\nScore: 5"
+    assert summary["m1/sft/data/ift_examples"] <= 9 and summary["m1/sft/steps"] > 0
+    from srl.training.tiny import TinyModelSpec
+
+    tok = TinyModelSpec(seed=0).load()[1]
+    two_replies = len(tok("Blue.<|im_end|>\n", add_special_tokens=False)["input_ids"]) + len(tok("Red.<|im_end|>\n", add_special_tokens=False)["input_ids"])
+    assert summary["m1/sft/data/ift_target_tokens"] == summary["m1/sft/data/ift_examples"] * two_replies
+
+
+def test_given_pairs_join_the_iterations_pairs_and_every_pair_is_exported_in_trl_format(tmp_path):
+    from srl.data.preference_sets import PreferenceSetSettings, load_preference_set
+    from srl.training.dpo import encode_pair, reference_logprobs
+
+    given = tmp_path / "given.jsonl"
+    rows = [{"prompt": "Name a fruit.", "chosen": "An apple.", "rejected": "A rock."},
+            {"prompt": [{"role": "user", "content": "Say hi."}], "chosen": [{"role": "assistant", "content": "Hi!"}],
+             "rejected": [{"role": "assistant", "content": "No."}]},
+            {"prompt": "Pick one.", "chosen": "A", "rejected": "B", "tie": True}]
+    given.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_dir = tmp_path / "run"
+    loop = loop_for(run_dir, f"pairs.extra=[{{name: mine, path: '{given}'}}]", "iteration.stop_after=iter1/pairs")
+    loop.run()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["iter1/pairs/extra/mine/read"] == 3 and summary["iter1/pairs/extra/mine/ties_skipped"] == 1
+    assert summary["iter1/pairs/extra/mine/kept"] == 2
+    pairs = [json.loads(line) for line in (run_dir / "iter1" / "pairs.jsonl").read_text().splitlines()]
+    own = [p for p in pairs if p["source"] == "self"]
+    mine = [p for p in pairs if p["source"] == "mine"]
+    assert summary["iter1/pairs/kept"] == len(own) and summary["iter1/pairs/total"] == len(pairs)
+    assert [(p["prompt"], p["chosen"], p["rejected"], p["chosen_score"]) for p in mine] == [
+        ("Name a fruit.", "An apple.", "A rock.", None), ("Say hi.", "Hi!", "No.", None)]
+    # their reference log-probs are M1's, as for the iteration's own pairs
+    model, tok = loop.ctx.models.slot.get("m1", loop.ctx.models.spec(1), train=True)
+    ref = reference_logprobs(model, [encode_pair(tok, "Say hi.", "Hi!", "No.", loop.dpo.max_length, True, True)], tok.pad_token_id, 4)[0]
+    assert mine[1]["ref_chosen_logp"] == pytest.approx(ref.ref_chosen, abs=1e-4)
+    assert mine[1]["ref_rejected_logp"] == pytest.approx(ref.ref_rejected, abs=1e-4)
+    # the TRL export reads back as a preference set: the same pairs, in order, with scores and sources
+    exported, skipped = load_preference_set(PreferenceSetSettings(name="x", path=str(run_dir / "iter1" / "pairs_trl.jsonl")))
+    assert not any(skipped.values())
+    assert [(p.prompt, p.chosen, p.rejected) for p in exported] == [(p["prompt"], p["chosen"], p["rejected"]) for p in pairs]
+    trl = [json.loads(line) for line in (run_dir / "iter1" / "pairs_trl.jsonl").read_text().splitlines()]
+    assert [r["score_chosen"] for r in trl] == [p["chosen_score"] for p in pairs] and trl[-1]["source"] == "mine"
+    assert trl[-1]["prompt"] == [{"role": "user", "content": "Say hi."}] and trl[-1]["chosen"] == [{"role": "assistant", "content": "Hi!"}]
 
 
 def test_malformed_source_fails_before_training(tmp_path):
@@ -376,7 +445,9 @@ def lines_in(path: Path, more_than: int) -> Callable[[], bool]:
 def results(run_dir: Path) -> dict[str, bytes]:
     """What a run computed: records, models, per-step logs, evaluation files (not times, logs or the manifest)."""
     skip = {"manifest.json", "summary.json", "table.md"}
-    return {p.relative_to(run_dir).as_posix(): p.read_bytes() for p in sorted(run_dir.rglob("*"))
+    # a model card names its run dir in the command; the rest of it is what the run computed
+    read = lambda p: p.read_bytes().replace(str(run_dir).encode(), b"<run dir>") if p.name == "README.md" else p.read_bytes()  # noqa: E731
+    return {p.relative_to(run_dir).as_posix(): read(p) for p in sorted(run_dir.rglob("*"))
             if p.is_file() and p.name not in skip and p.parts[len(run_dir.parts)] in ("data", "m1", "m2", "iter1", "eval")}
 
 

@@ -8,14 +8,18 @@ from typing import Any
 
 from srl.core import distributed, rundir
 from srl.data.records import Pair, read_jsonl
+from srl.judging.settings import JudgeSettings
 from srl.pipeline.context import StageContext, StageResult, fit_stage, trainable
+from srl.pipeline.stages.select import outputs as select_outputs
+from srl.pipeline.stages.select import required_judge, select_checkpoint
 from srl.training.dpo import DPOModule, DPOSettings, collate_pairs, encode_pair
+from srl.training.selection import Snapshots
 from srl.training.sft import SFTDataModule
 
 log = logging.getLogger(__name__)
 
 
-def run_dpo(ctx: StageContext, t_next: int, dpo: DPOSettings) -> StageResult:
+def run_dpo(ctx: StageContext, t_next: int, dpo: DPOSettings, judge: JudgeSettings | None = None) -> StageResult:
     """M_{t+1} = DPO of M_t on iteration t's pairs (a copy of M_t if the iteration had none, ``on_no_pairs=carry``)."""
     t = t_next - 1
     pairs = read_jsonl(ctx.iter_dir(t) / "pairs.jsonl", Pair)
@@ -39,8 +43,11 @@ def run_dpo(ctx: StageContext, t_next: int, dpo: DPOSettings) -> StageResult:
     module = DPOModule(model, dpo, metric_prefix=prefix)
     datamodule = SFTDataModule(encoded, [], dpo.micro_batch_size, tokenizer.pad_token_id, dpo.seed, collate=collate_pairs,
                                group_by_length=dpo.group_by_length)
-    trainer, _, progress = fit_stage(ctx, module, datamodule, dpo, f"m{t_next}", metrics, prefix)
+    snapshots = [Snapshots(ctx.run_dir / f"m{t_next}" / "select", dpo.select.every_steps)] if dpo.select.enabled else []
+    trainer, _, progress = fit_stage(ctx, module, datamodule, dpo, f"m{t_next}", metrics, prefix, callbacks=snapshots)
     metrics[f"{prefix}/steps"] = trainer.global_step
+    if dpo.select.enabled:
+        metrics.update(select_checkpoint(ctx, model, tokenizer, t_next, dpo.select, required_judge(judge), prefix))
     folder = ctx.models.save(model, tokenizer, t_next, trainer)
     progress.finish()
-    return metrics, [str(folder)]
+    return metrics, [str(folder), *(select_outputs(ctx, t_next) if dpo.select.enabled else [])]

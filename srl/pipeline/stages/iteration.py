@@ -11,9 +11,10 @@ import dataclasses
 
 from srl.core import distributed
 from srl.data.partial import PartialJsonl
+from srl.data.preference_sets import PreferencePair, load_preference_set
 from srl.data.records import Candidate, IFTExample, Judgement, Pair, PromptAttempt, PromptRecord, read_jsonl, write_jsonl
 from srl.generation.candidates import CandidateSettings, candidate_metrics, generate_candidates
-from srl.generation.prompts import PromptGenSettings, generate_prompts, pool_prompts
+from srl.generation.prompts import PromptGenSettings, demonstrations, generate_prompts, pool_prompts
 from srl.judging.backends import describe_judge
 from srl.judging.pointwise import judge_candidates, judgement_metrics
 from srl.judging.settings import JudgeSettings
@@ -31,7 +32,7 @@ def run_prompts(ctx: StageContext, t: int, settings: PromptGenSettings) -> Stage
     if settings.source == "pool":
         records, metrics = pool_prompts(settings.pool_path, settings, seed, t)
     else:
-        human = [ex.prompt for ex in read_jsonl(ctx.run_dir / "data" / "ift_train.jsonl", IFTExample)]
+        human = demonstrations(settings, [ex.prompt for ex in read_jsonl(ctx.run_dir / "data" / "ift_train.jsonl", IFTExample)])
         earlier = [r.prompt for u in range(1, t) for r in read_jsonl(ctx.iter_dir(u) / "prompts.jsonl", PromptRecord)]
         # the half-finished attempts of another config are refused before a model loads
         store = PartialJsonl(ctx.iter_dir(t) / "prompt_attempts.jsonl", PromptAttempt, ctx.stamp(f"iter{t}/prompts"))
@@ -78,12 +79,36 @@ def run_judgements(ctx: StageContext, t: int, judge: JudgeSettings) -> StageResu
     ctx.tracker.log_samples(f"iter{t}/judge/samples", ["prompt_id", "prompt", "candidate", "response", "score", "judge_text"], rows)
     return prefixed(f"iter{t}/judge", metrics), [str(path)]
 
+def trl_rows(records: list[Pair]) -> list[dict]:
+    """Pairs in TRL's conversational preference format (``prompt``/``chosen``/``rejected`` as messages), with their
+    scores and source: what ``trl.DPOTrainer`` or ``eval.preference_sets`` / ``pairs.extra`` read back."""
+    return [{"id": f"{p.source}:{p.prompt_id}" if p.source != "self" else p.prompt_id,
+             "prompt": [{"role": "user", "content": p.prompt}],
+             "chosen": [{"role": "assistant", "content": p.chosen}], "rejected": [{"role": "assistant", "content": p.rejected}],
+             "score_chosen": p.chosen_score, "score_rejected": p.rejected_score, "source": p.source} for p in records]
+
+
+def given_pairs(settings: PairSettings) -> tuple[list[tuple[str, PreferencePair]], dict[str, int]]:
+    """The ``pairs.extra`` sets' pairs with their set's name, tie rows left out and counted."""
+    out, counts = [], {}
+    for extra in settings.extra:
+        pairs, skipped = load_preference_set(extra)
+        kept = [p for p in pairs if not p.tie]
+        counts[f"extra/{extra.name}/read"] = len(pairs)
+        counts[f"extra/{extra.name}/ties_skipped"] = len(pairs) - len(kept)
+        counts.update({f"extra/{extra.name}/skipped/{k}": v for k, v in skipped.items()})
+        out += [(extra.name, p) for p in kept]
+    return out, counts
+
+
 def run_pairs(ctx: StageContext, t: int, pair_settings: PairSettings, dpo: DPOSettings, judge: JudgeSettings) -> StageResult:
-    """Preference pairs from the scores, with M_t's reference log-probs of each reply (``pairs.jsonl``)."""
+    """Preference pairs from the scores, and any given ones (``pairs.extra``), with M_t's reference log-probs of each
+    reply (``pairs.jsonl``), also written in TRL's format (``pairs_trl.jsonl``)."""
     d = ctx.iter_dir(t)
     candidates = read_jsonl(d / "candidates.jsonl", Candidate)
     judgements = read_jsonl(d / "judgements.jsonl", Judgement)
     selected, counts = select_pairs(candidates, judgements, pair_settings, t)
+    given, given_counts = given_pairs(pair_settings)  # read (and checked) before a model loads
     if ctx.models.peft.enabled:  # the reference is M_t with the adapter off, computed during DPO: no model here
         model, tokenizer = None, load_tokenizer(ctx.models.spec(t))
     else:
@@ -98,7 +123,18 @@ def run_pairs(ctx: StageContext, t: int, pair_settings: PairSettings, dpo: DPOSe
         encoded.append(pair)
         kept.append((chosen, rejected, cs, rs))
     counts.update(truncation_counts(candidates, kept))  # of the pairs that fit dpo.max_length
-    if not kept:
+    given_kept = []
+    for name, gp in given:
+        pair = encode_pair(tokenizer, gp.prompt, gp.chosen, gp.rejected, dpo.max_length, True, True)
+        if pair is None:
+            given_counts[f"extra/{name}/dropped_prompt_too_long"] = given_counts.get(f"extra/{name}/dropped_prompt_too_long", 0) + 1
+            continue
+        encoded.append(pair)
+        given_kept.append((name, gp))
+    for extra in pair_settings.extra:
+        given_counts[f"extra/{extra.name}/kept"] = sum(1 for name, _ in given_kept if name == extra.name)
+    counts.update(given_counts)
+    if not encoded:
         judged = judgement_metrics(judgements, judge.rubric)
         ctx.no_pairs(
             f"iteration {t}: no usable preference pair from {len(candidates)} candidates ({counts}); judge parse-failure "
@@ -110,8 +146,9 @@ def run_pairs(ctx: StageContext, t: int, pair_settings: PairSettings, dpo: DPOSe
             "generation.sampling.max_new_tokens"
         )
         write_jsonl(d / "pairs.jsonl", [])
+        write_jsonl(d / "pairs_trl.jsonl", [])
         counts["kept"] = 0
-        return prefixed(f"iter{t}/pairs", counts), [str(d / "pairs.jsonl")]
+        return prefixed(f"iter{t}/pairs", counts), [str(d / "pairs.jsonl"), str(d / "pairs_trl.jsonl")]
     if model is not None:
         with_ref = reference_logprobs(model, encoded, tokenizer.pad_token_id, dpo.ref_batch_size)
     else:
@@ -120,17 +157,23 @@ def run_pairs(ctx: StageContext, t: int, pair_settings: PairSettings, dpo: DPOSe
         Pair(c.prompt_id, c.prompt, c.response, r.response, cs, rs, p.ref_chosen, p.ref_rejected, c.finished, r.finished)
         for (c, r, cs, rs), p in zip(kept, with_ref)
     ]
+    records += [Pair(gp.pair_id, gp.prompt, gp.chosen, gp.rejected, None, None, p.ref_chosen, p.ref_rejected, True, True, name)
+                for (name, gp), p in zip(given_kept, with_ref[len(kept):])]
     path = d / "pairs.jsonl"
     write_jsonl(path, records)
+    write_jsonl(d / "pairs_trl.jsonl", trl_rows(records))
     ctx.tracker.log_samples(
         f"iter{t}/pairs/samples", ["prompt_id", "prompt", "chosen", "rejected", "chosen_score", "rejected_score"],
         [[p.prompt_id, p.prompt, p.chosen, p.rejected, p.chosen_score, p.rejected_score] for p in records],
     )
-    counts["kept"] = len(records)
+    own = [p for p in records if p.source == "self"]
+    counts["kept"] = len(own)  # the iteration's own pairs; pairs.extra sets' are counted under extra/<name>/kept
+    counts["total"] = len(records)
     # select_pairs counted these before prompts too long for dpo.max_length were dropped
-    counts["chosen_tokens_mean"] = sum(c.num_tokens for c, _, _, _ in kept) / len(kept)
-    counts["rejected_tokens_mean"] = sum(r.num_tokens for _, r, _, _ in kept) / len(kept)
-    counts["mean_margin"] = sum(p.chosen_score - p.rejected_score for p in records) / len(records)
+    counts["chosen_tokens_mean"] = sum(c.num_tokens for c, _, _, _ in kept) / len(kept) if kept else None
+    counts["rejected_tokens_mean"] = sum(r.num_tokens for _, r, _, _ in kept) / len(kept) if kept else None
+    counts["mean_margin"] = sum(p.chosen_score - p.rejected_score for p in own) / len(own) if own else None
     template = judge.rubric  # None for a reward model: its scores have no declared range
-    counts["mean_margin_frac"] = counts["mean_margin"] / (template.max_score - template.min_score) if template else None  # comparable across formats
-    return prefixed(f"iter{t}/pairs", counts), [str(path)]
+    comparable = template is not None and counts["mean_margin"] is not None
+    counts["mean_margin_frac"] = counts["mean_margin"] / (template.max_score - template.min_score) if comparable else None  # across formats
+    return prefixed(f"iter{t}/pairs", counts), [str(path), str(d / "pairs_trl.jsonl")]

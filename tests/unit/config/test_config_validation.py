@@ -106,6 +106,17 @@ MISTAKES = [
     (["eval.h2h.protocol=nope"], "eval.h2h.protocol", "one of pairwise, pointwise"),
     (["eval.implicit.against=best"], "eval.implicit.against", "one of start, previous"),
     (["eval.bootstrap_samples=0"], "eval.bootstrap_samples", ">= 1"),
+    (["hub.push=true"], "hub.repo_id", "allowed: user/name"),
+    (["sft.select.every_steps=10", "sft.select.judge=m1"], "sft.select.judge", "allowed: m0, external"),
+    (["dpo.select.every_steps=10", "dpo.select.judge=m2"], "dpo.select.judge", "allowed: m0, m1, external"),
+    (["trainer=fsdp", "dpo.select.every_steps=10"], "trainer.strategy", "a replicated strategy"),
+    (["trainer=deepspeed_zero3", "sft.select.every_steps=10"], "trainer.strategy", "a replicated strategy"),
+    (["dpo.select.every_steps=-1"], "dpo.select.every_steps", ">= 0"),
+    (["external_judge=reward_model", "external_judge.path=/rm"], "external_judge", "or a select.judge"),
+    (["data.instructions.format=sharegpt"], "data.instructions.format", "messages"),
+    (["pairs.extra=[{name: a, path: p.jsonl, limit: 0}]"], "pairs.extra[0].limit", ">= 1"),
+    (["eval.preference_sets=[{name: a, path: p.jsonl, limit: 0}]"], "eval.preference_sets[0].limit", ">= 1"),
+    (["pairs.extra=[{name: a, pth: p.jsonl}]"], "pairs.extra[0].pth", "did you mean path?"),
 ]
 
 
@@ -162,3 +173,13 @@ def test_a_quantized_base_without_bitsandbytes_is_refused_before_any_work(monkey
     validate_config(compose(["peft=lora", "hydra.run.dir=/tmp/x"]))  # LoRA alone needs no bitsandbytes
     with pytest.raises(ModuleNotFoundError, match=r"srl\[quant\]"):
         quantization_config(PeftSettings(method="lora", quantization="8bit"))
+
+
+def test_pushing_models_offline_is_refused_before_the_run(monkeypatch):
+    """hub.push needs a network: with HF_HUB_OFFLINE set the config check says so, before any work."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError, match=r"hub\.push: got True, but HF_HUB_OFFLINE=1: no network .*huggingface-cli upload me/run"):
+        validate_config(compose(["hub.push=true", "hub.repo_id=me/run", "hydra.run.dir=/tmp/x"]))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    validate_config(compose(["hub.push=true", "hub.repo_id=me/run", "hydra.run.dir=/tmp/x"]))

@@ -57,7 +57,7 @@ def test_plain_jsonl_and_errors(tmp_path):
     prompts = load_prompt_set(PromptSetSettings("jsonl", str(path)))
     assert [(p.prompt_id, p.prompt) for p in prompts] == [("x", "Hi?"), ("line2", "Sum\n\n1 2")]
     path.write_text('{"prompt": "ok"}\n{"text": "no prompt field"}\n')
-    with pytest.raises(RecordError, match=r"p.jsonl:2: missing field 'instruction'"):
+    with pytest.raises(RecordError, match=r"p\.jsonl line 2: missing field 'prompt' \(or 'instruction'"):
         load_prompt_set(PromptSetSettings("jsonl", str(path)))
     mt = tmp_path / "mt.jsonl"
     mt.write_text('{"question_id": 1, "turns": []}\n')

@@ -185,7 +185,7 @@ def test_json_list_file(tmp_path):
     pairs, _ = load(path)
     assert [(p.pair_id, p.prompt, p.chosen) for p in pairs] == [("prefs:1", "p1", "a"), ("prefs:2", "p2", "c")]
     path.write_text(json.dumps({"prompt": "p1", "chosen": "a", "rejected": "b"}))
-    with pytest.raises(RecordError, match=r"prefs\.json: a \.json preference set should hold a JSON list of rows, got dict"):
+    with pytest.raises(RecordError, match=r"prefs\.json: a \.json data file should hold a JSON list of rows, got dict"):
         load(path)
     path.write_text(json.dumps([{"prompt": "p1", "chosen": "a", "rejected": "b"}, {"prompt": "p2", "chosen": 1, "rejected": "d"}]))
     with pytest.raises(RecordError, match=r"prefs\.json item 2: field 'chosen'"):

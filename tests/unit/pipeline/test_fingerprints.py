@@ -37,7 +37,17 @@ COMPOSITIONS = {
     "study": ["+experiment=cpu_study", "+study=sft_baseline"],  # preference sets, sft.use_eft, eval.h2h.enabled
     "reward_model": ["external_judge=reward_model", "external_judge.path=/some/rm", "judge.by=external"],
     "openai": ["external_judge=openai", "external_judge.model=gpt-4o", "eval.h2h.judge=external"],
+    "messages": ["data=messages", "data.instructions.path=/some/chats.jsonl", "data.eft_rows.path=/some/eft.jsonl"],
+    "prompt_completion": ["data=prompt_completion", "data.instructions.path=/some/pc.parquet"],
+    "select": ["sft.select.every_steps=50", "dpo.select.every_steps=20"],
 }
+# A user's own SFT data is off while its path is null, checkpoint selection while every_steps is 0: their other keys then reach no stage.
+OFF_AT = {"data.instructions": ("path", None), "data.eft_rows": ("path", None), "sft.select": ("every_steps", 0), "dpo.select": ("every_steps", 0)}
+
+
+def off_without_path(cfg, key: str) -> bool:
+    return any(key.startswith(p + ".") and key != f"{p}.{field}" and OmegaConf.select(cfg, f"{p}.{field}") == off
+               for p, (field, off) in OFF_AT.items())
 
 # (fnmatch pattern over the dotted key, the first non-eval stage kind the key enters at, or None for
 # no stage; whether it reaches every eval stage besides those after the stage it enters at).
@@ -72,6 +82,7 @@ TABLE = [
     ("logger", None, False),                   # logger=none is {}
     ("logger.*", None, False),
     ("sweep.*", None, False),                  # a sweep file's name and question
+    ("hub.*", None, False),                    # model cards and pushing: written beside the model, not what it computes
 ]
 # data.build.eft_mode=paper: M0 writes the EFT judgements in the data stage, with the generation backend.
 PAPER_EFT = {"model.*": ("data", True), "backend": ("data", True), "backend.*": ("data", True)}
@@ -162,9 +173,10 @@ def test_every_config_key_reaches_the_stages_it_should():
         base = fingerprints(cfg)
         assert list(base) == _stages(), name
         for key in leaves(OmegaConf.to_container(cfg, resolve=False)):
-            if (key, eft_paper) in checked:  # a key's stages depend on eft_mode alone: each is perturbed once (fast)
+            off = off_without_path(cfg, key)
+            if (key, eft_paper, off) in checked:  # a key's stages depend on eft_mode (and a path) alone: each is perturbed once (fast)
                 continue
-            found = classify(key, eft_paper)
+            found = (None, False) if off else classify(key, eft_paper)
             if found is None:
                 unclassified.add(key)
                 continue
@@ -178,21 +190,21 @@ def test_every_config_key_reaches_the_stages_it_should():
             if changed != want:
                 wrong.append(f"{name}: {key} (table: {found}): changes {sorted(changed)}, expected {sorted(want)} "
                              f"(extra {sorted(changed - want)}, missing {sorted(want - changed)})")
-            checked.add((key, eft_paper))
+            checked.add((key, eft_paper, off))
     assert not unclassified, (
         "config keys not classified in tests/unit/test_fingerprints.py TABLE: " + ", ".join(sorted(unclassified))
         + ". Decide which stage's outputs each one changes, add it to srl/pipeline/fingerprints.py STAGE_INPUTS if any, and to TABLE"
     )
     assert not wrong, "stage fingerprints do not match TABLE:\n" + "\n".join(wrong)
     # COMPOSITIONS reach every key of every config group's files (conf/<group>/<option>.yaml).
-    reached = {key for key, _ in checked}
+    reached = {key for key, _, _ in checked}
     for path in sorted((ROOT / "conf").glob("*/*.yaml")):
         if path.parent.name != "experiment":
             own = {k: v for k, v in (OmegaConf.to_container(OmegaConf.load(path)) or {}).items() if k != "defaults"}
             package = "" if path.read_text().startswith("# @package _global_") else path.parent.name  # conf/study: global
             missing = [k for k in leaves(own, package) if k not in reached]
             assert not missing, f"{path.relative_to(ROOT)}: keys no composition checks: {missing}; add a composition to COMPOSITIONS"
-    assert {("model.name_or_path", True), ("backend.seed", True), ("sweep.name", False)} <= checked
+    assert {("model.name_or_path", True, False), ("backend.seed", True, False), ("sweep.name", False, False), ("data.instructions.format", False, True), ("data.instructions.format", False, False)} <= checked
 
 
 def test_generation_temperature_changes_candidates_onward():
@@ -257,3 +269,22 @@ def test_moving_an_srl_class_to_another_module_keeps_the_fingerprints():
     outside = job_config([])
     OmegaConf.update(outside, "sft.optimizer._target_", "torch.optim.SGD")
     assert fingerprints(outside)["m1"] != base["m1"]
+
+
+def test_keys_added_for_a_users_own_data_leave_old_run_dirs_resumable():
+    """Config keys added later (data.instructions, data.eft_rows, prompt_gen's pool/demo columns, eval.h2h.prompts'
+    field/split) at their defaults give every stage the fingerprint it had before they existed."""
+    from srl.pipeline.fingerprints import fingerprints
+
+    cfg = job_config([])
+    old = copy.deepcopy(cfg)
+    for section, keys in {"data": ("instructions", "eft_rows"), "prompt_gen": ("pool_split", "pool_field", "demos_path", "demos_split", "demos_field"),
+                          "eval.h2h.prompts": ("field", "split"), "sft": ("select",), "dpo": ("select",), "pairs": ("extra",)}.items():
+        node = OmegaConf.select(old, section)
+        for key in keys:
+            assert key in node, (section, key)
+            node.pop(key)
+    assert fingerprints(cfg) == fingerprints(old)
+    used = copy.deepcopy(cfg)
+    OmegaConf.update(used, "prompt_gen.pool_field", "text", merge=False)
+    assert fingerprints(used)["iter1/prompts"] != fingerprints(cfg)["iter1/prompts"]
