@@ -33,13 +33,12 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from srl.core.subsets import subset
-from srl.data.instructions import messages
+from srl.data.instructions import ROLES, messages  # noqa: F401  (ROLES: the roles a message may have, one definition)
 from srl.data.records import RecordError
 from srl.data.tables import read_rows
 
 log = logging.getLogger(__name__)
 
-ROLES = ("system", "user", "assistant")
 SKIPS = ("multi_turn", "empty_reply", "identical")
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):")  # on the lstripped text: "Human:" may open it

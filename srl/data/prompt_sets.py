@@ -112,6 +112,12 @@ def _column_text(value: Any, where: str, field: str) -> str:
     raise RecordError(f"{where}: field '{field}' should be a string or a list of messages, got {type(value).__name__}")
 
 
+def _prompt_id(row: dict, label: str) -> str:
+    """The row's ``id`` (a string or an integer), else its label without the space (``line3``, ``row0``)."""
+    value = row.get("id")
+    return str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else label.replace(" ", "")
+
+
 def read_prompt_column(path: str, split: str = "train", field: str | None = None, what: str = "prompt set") -> tuple[str, list[tuple[str, str]]]:
     """``(source, [(id, prompt), ...])`` from any rows ``srl.data.tables.read_rows`` reads (a file, a saved data set, the Hub).
 
@@ -139,8 +145,7 @@ def read_prompt_column(path: str, split: str = "train", field: str | None = None
         else:
             raise RecordError(f"{where}: missing field 'prompt' (or 'instruction'; name another column with the set's field setting)")
         if text.strip():
-            out.append((str(row["id"]) if isinstance(row.get("id"), (str, int)) and not isinstance(row.get("id"), bool) else label.replace(" ", ""),
-                        text.strip()))
+            out.append((_prompt_id(row, label), text.strip()))
     if not out:
         raise RecordError(f"{source}: no non-empty prompt among {len(rows)} rows ({what})")
     return source, out

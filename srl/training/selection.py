@@ -92,9 +92,9 @@ class Snapshots(L.Callback):
         path = self.folder / f"step{step:06d}.pt"
         if step <= 0 or path.exists():
             return
-        state = trainable_state(module.model if hasattr(module, "model") else module)
 
-        def write() -> None:
+        def write() -> None:  # rank 0 alone copies the weights to the CPU (the others would copy them for nothing)
+            state = trainable_state(module.model if hasattr(module, "model") else module)
             tmp = rundir.check(path.with_name(path.name + ".tmp"))
             tmp.parent.mkdir(parents=True, exist_ok=True)
             torch.save(state, tmp)
