@@ -68,6 +68,7 @@ def build_loop(cfg: DictConfig, run_dir: Path) -> SelfRewardingLoop:
         tracker=tracker,
         hub=instantiate(cfg.hub) if cfg.get("hub") else None,
         command=run_command(run_dir),
+        meta=instantiate(cfg.meta) if cfg.get("meta") else None,
     )
 
 

@@ -254,6 +254,21 @@ class Judgement:
 
 
 @dataclasses.dataclass(frozen=True)
+class MetaJudgement:
+    """The meta-judge's comparisons of one candidate's K judgements (Meta-Rewarding, ``srl.judging.meta``):
+    ``orders[i] = (first, second)`` judgement indices shown as A and B, ``texts[i]`` its reply and
+    ``verdicts[i]`` the parsed ``A`` | ``B`` | ``tie`` (None: unparsable); verdict-first, ``first_probs[i]`` the
+    probability of A (the first-shown judgement) against B."""
+
+    prompt_id: str
+    candidate: int
+    orders: tuple[tuple[int, int], ...]
+    texts: tuple[str, ...]
+    verdicts: tuple[str | None, ...]
+    first_probs: tuple[float, ...] = ()  # meta.mode=verdict_first: P(A) per order, renormalised over A and B
+
+
+@dataclasses.dataclass(frozen=True)
 class Pair:
     """A preference pair with the reference model's summed log-probs of each reply (for DPO).
 

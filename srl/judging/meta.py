@@ -175,12 +175,15 @@ def words(text: str) -> int:
     return len(text.split())
 
 
-def judge_pair(judgements: Sequence[str], scores: Sequence[float], max_chosen_words: int | None) -> tuple[int, int] | None:
-    """(chosen, rejected) judgement indices: the best-scored within the length limit, the worst-scored; None when
-    no judgement fits the limit or the two do not differ in score. Ties go to the lower index."""
-    if len(judgements) != len(scores):
+def judge_pair(judgements: Sequence[str], scores: Sequence[float], max_chosen_words: int | None,
+               usable: Sequence[bool] | None = None) -> tuple[int, int] | None:
+    """(chosen, rejected) judgement indices: the best-scored within the length limit (and ``usable``: e.g. only
+    judgements whose score parses may be chosen), the worst-scored; None when no judgement may be chosen or the
+    two do not differ in score. Ties go to the lower index."""
+    if len(judgements) != len(scores) or (usable is not None and len(usable) != len(scores)):
         raise ValueError(f"{len(judgements)} judgements but {len(scores)} scores")
-    fits = [i for i in range(len(judgements)) if max_chosen_words is None or words(judgements[i]) <= max_chosen_words]
+    fits = [i for i in range(len(judgements)) if (max_chosen_words is None or words(judgements[i]) <= max_chosen_words)
+            and (usable is None or usable[i])]
     if not fits:
         return None
     chosen = max(fits, key=lambda i: (scores[i], -i))

@@ -46,6 +46,23 @@ class ExpectedScore:
         return f"score-first: expected {shown}, score-token mass {self.mass:.3f}; {dist}"
 
 
+def option_tokens(tokenizer: Any, rendered: str, lead: str, labels: Sequence[str], prefix: str = " ") -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(gap, ids): how ``lead`` + ``prefix`` + each label tokenizes after ``rendered``: one token per label, after a gap
+    (a lone space in many BPEs) shared by all. Otherwise one next-token distribution cannot be read, and this raises."""
+    base = tokenizer(rendered + lead, add_special_tokens=False)["input_ids"]
+    gaps, ids = set(), []
+    for label in labels:
+        full = tokenizer(rendered + lead + f"{prefix}{label}", add_special_tokens=False)["input_ids"]
+        extra = full[len(base):]
+        if full[:len(base)] != base or not 1 <= len(extra) <= 2:
+            raise ValueError(f"reading '{lead}{prefix}{label}' needs it to add one token after the prompt; got {extra}")
+        gaps.add(tuple(extra[:-1]))
+        ids.append(extra[-1])
+    if len(gaps) != 1 or len(set(ids)) != len(ids):
+        raise ValueError(f"{list(labels)} after '{lead}' do not map to distinct single tokens ({ids}, gaps {gaps})")
+    return gaps.pop(), tuple(ids)
+
+
 def score_reader(
     tokenizer: Any, rendered: str, min_score: int, max_score: int, lead: str = SCORE_LEAD, prefix: str = " ",
 ) -> ScoreReader:
@@ -56,19 +73,38 @@ def score_reader(
     distribution, and this raises with the offending tokenization (a 1..10 scale whose "10" is two
     tokens, for instance).
     """
-    base = tokenizer(rendered + lead, add_special_tokens=False)["input_ids"]
     values = tuple(range(int(min_score), int(max_score) + 1))
-    gaps, ids = set(), []
-    for v in values:
-        full = tokenizer(rendered + lead + f"{prefix}{v}", add_special_tokens=False)["input_ids"]
-        extra = full[len(base):]
-        if full[:len(base)] != base or not 1 <= len(extra) <= 2:
-            raise ValueError(f"score-first judging needs '{lead}{prefix}{v}' to add one token after the prompt; got {extra}")
-        gaps.add(tuple(extra[:-1]))
-        ids.append(extra[-1])
-    if len(gaps) != 1 or len(set(ids)) != len(ids):
-        raise ValueError(f"score-first judging: score values do not map to distinct single tokens ({ids}, gaps {gaps})")
-    return ScoreReader(lead, gaps.pop(), values, tuple(ids))
+    try:
+        gap, ids = option_tokens(tokenizer, rendered, lead, [str(v) for v in values], prefix)
+    except ValueError as exc:
+        raise ValueError(f"score-first judging: {exc}") from None
+    return ScoreReader(lead, gap, values, ids)
+
+
+@torch.no_grad()
+def option_probabilities(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], lead: str, labels: Sequence[str],
+                         settings: SamplingSettings, prefix: str = " ") -> list[tuple[tuple[float, ...], float]]:
+    """Per prompt (a user message, chat-rendered), the model's next-token probabilities of ``labels`` after its reply
+    is started with ``lead``: (probabilities renormalised over the labels, their mass together); mass 0: all zeros."""
+    if not texts:
+        return []
+    if hasattr(model, "generate_ids"):
+        raise ValueError("reading next-token probabilities needs backend=hf, not a generation-only backend")
+    was_training = model.training
+    model.eval()
+    rendered = [render_prompt(tokenizer, t) for t in texts]
+    gap, ids = option_tokens(tokenizer, rendered[0], lead, labels, prefix)
+    rows = [tokenizer(r + lead, add_special_tokens=False)["input_ids"] + list(gap) for r in rendered]
+    engine = Engine(model, settings, tokenizer.pad_token_id, stop_token_ids(tokenizer, model))
+
+    def read(idx: list[int]) -> list[tuple[tuple[float, ...], float]]:
+        probs = torch.softmax(engine.next_token_logits([rows[i] for i in idx]).double(), dim=-1)[:, list(ids)]
+        mass = probs.sum(-1)
+        return [(tuple(float(x) for x in (p / m)), float(m)) if float(m) > 0 else (tuple(0.0 for _ in ids), 0.0) for p, m in zip(probs, mass)]
+
+    out = distributed.sharded(read, len(rows))
+    model.train(was_training)
+    return out
 
 
 def expected_scores(logits: torch.Tensor, reader: ScoreReader) -> list[ExpectedScore]:

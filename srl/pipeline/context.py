@@ -113,6 +113,11 @@ class StageContext:
     def iter_dir(self, t: int) -> Path:
         return self.run_dir / f"iter{t}"
 
+    @property
+    def precision(self) -> Any:
+        """The training stages' precision (``trainer.precision``), for work done outside the trainer that must match it."""
+        return getattr(self.trainer_factory, "keywords", {}).get("precision")
+
     def no_pairs(self, reason: str) -> None:
         """Stop (``on_no_pairs=error``) or log and go on with nothing (``carry``)."""
         if self.on_no_pairs == "error":

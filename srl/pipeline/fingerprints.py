@@ -13,7 +13,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from srl.core.hashing import config_fingerprint
-from srl.pipeline.loop import stage_names
+from srl.pipeline.loop import MODEL_STAGE, stage_names
 
 # Config keys (sections or dotted keys) each stage adds to what the stages before it depend on: a
 # stage's fingerprint covers its own inputs and all its predecessors' (M_{t+1} is trained from the
@@ -28,6 +28,8 @@ from srl.pipeline.loop import stage_names
 #   prompts: prompt_gen; the generation backend (vllm or srl's engine) and iteration.seed, the seed of
 #     prompt generation, candidates, judging and evaluation (srl/pipeline/iteration.py, loop.stage_eval).
 #   candidates: generation. judgements: the whole judge section (mode, samples, sampling).
+#   meta (Meta-Rewarding, only with meta.enabled: off, there is no meta stage and no meta key reaches a stage): the meta section.
+#   Semi-online (iteration.sync_every set): no candidates/judgements/pairs stages; M_{t+1}'s stage takes their inputs and sync_every.
 #   pairs: the pair rule, and dpo.max_length (which pairs fit) and dpo.ref_batch_size (the reference
 #     log-probs stored with the pairs are computed in padded batches). DPO (m2, m3, ...): the dpo section.
 STAGE_INPUTS = {
@@ -36,6 +38,7 @@ STAGE_INPUTS = {
     "prompts": ("prompt_gen", "backend", "iteration.seed"),
     "candidates": ("generation",),
     "judgements": ("judge", "external_judge"),
+    "meta": ("meta",),
     "pairs": ("dpo.max_length", "dpo.ref_batch_size", "pairs"),
     "dpo": ("dpo",),
 }
@@ -112,13 +115,17 @@ def stage_inputs(cfg: DictConfig) -> dict[str, dict[str, Any]]:
 
     paper_eft = OmegaConf.select(cfg, "data.build.eft_mode") == "paper"
     out, seen = {}, []
-    for stage in stage_names(cfg.iteration.num_models, cfg.eval.in_loop):
+    meta = bool(OmegaConf.select(cfg, "meta.enabled", default=False))
+    online = OmegaConf.select(cfg, "iteration.sync_every", default=None) is not None
+    for stage in stage_names(cfg.iteration.num_models, cfg.eval.in_loop, meta, online):
         if stage.startswith("eval/"):
             out[stage] = inputs(seen + [k for k in EVAL_INPUTS if k not in seen])
             continue
         kind = stage.split("/")[-1]
-        kind = "dpo" if kind.startswith("m") and kind != "m1" else kind
+        kind = "dpo" if MODEL_STAGE.fullmatch(kind) and kind != "m1" else kind  # m2, m3, ...; not "meta"
         added = STAGE_INPUTS[kind] + (PAPER_EFT_INPUTS if kind == "data" and paper_eft else ())
+        if online and kind == "dpo":  # semi-online: M_{t+1}'s stage makes the candidates, judgements and pairs itself
+            added = (*STAGE_INPUTS["candidates"], *STAGE_INPUTS["judgements"], *STAGE_INPUTS["pairs"], *added, "iteration.sync_every")
         seen += [k for k in added if k not in seen]
         out[stage] = inputs(seen)
     return out

@@ -2,8 +2,8 @@
 
 Stages, each reading the files of the one before and recorded in ``manifest.json`` when complete:
 ``data`` (IFT/EFT/held-out files) -> ``m1`` (SFT of M0 on IFT+EFT) -> for t = 1..T-1:
-``iter{t}/prompts`` -> ``iter{t}/candidates`` -> ``iter{t}/judgements`` -> ``iter{t}/pairs``
-(with the reference log-probs of M_t) -> ``m{t+1}`` (DPO of M_t); each stage is a function in
+``iter{t}/prompts`` -> ``iter{t}/candidates`` -> ``iter{t}/judgements`` -> [``iter{t}/meta``, with
+``meta.enabled``: Meta-Rewarding's judge pairs] -> ``iter{t}/pairs`` (with the reference log-probs of M_t) -> ``m{t+1}`` (DPO of M_t); each stage is a function in
 ``srl/pipeline/stages/``. Models are ``save_pretrained`` folders at ``m{t}/model`` (or adapters at
 ``m{t}/adapter``, ``conf/peft``). With ``eval.in_loop``, an ``eval/m{t}`` stage follows the data (M0,
 the starting model) and every model, and the run ends with ``eval/table.md``: a row per model.
@@ -31,6 +31,7 @@ from srl.evaluation.model_eval import EvalSettings
 from srl.generation.candidates import CandidateSettings
 from srl.generation.prompts import PromptGenSettings
 from srl.generation.slot import ModelSlot
+from srl.judging.meta_judging import MetaSettings
 from srl.judging.settings import JudgeSettings
 from srl.pipeline.context import NoPairsError, RunModels, StageContext, StageResult  # noqa: F401  (NoPairsError: part of the loop's API)
 from srl.pipeline import model_card
@@ -40,6 +41,8 @@ from srl.pipeline.stages.data import DataSettings, run_data
 from srl.pipeline.stages.dpo import run_dpo
 from srl.pipeline.stages.evaluation import run_eval, write_eval_table
 from srl.pipeline.stages.iteration import run_candidates, run_judgements, run_pairs, run_prompts
+from srl.pipeline.stages.meta import run_meta
+from srl.pipeline.stages.online import check_online, run_online
 from srl.pipeline.stages.sft import run_sft
 from srl.pipeline.tracking import Tracker
 from srl.training.adapters import PeftSettings
@@ -53,11 +56,14 @@ MODEL_STAGE = re.compile(r"m[1-9][0-9]*")  # m1 (SFT), m2, m3, ... (DPO): the st
 ITERATION_STAGES = ("prompts", "candidates", "judgements", "pairs")
 
 
-def stage_names(num_models: int, evaluate: bool = False) -> list[str]:
-    """The run's stages in order; with ``evaluate``, ``eval/m{t}`` after the data (M0) and each model."""
+def stage_names(num_models: int, evaluate: bool = False, meta: bool = False, online: bool = False) -> list[str]:
+    """The run's stages in order; with ``evaluate``, ``eval/m{t}`` after the data (M0) and each model; with ``meta``
+    (Meta-Rewarding), ``iter{t}/meta`` between the judgements and the pairs; ``online`` (semi-online,
+    ``iteration.sync_every``): ``iter{t}/prompts`` then ``m{t+1}``, which answers, judges, pairs and trains in chunks."""
     names = ["data"] + (["eval/m0"] if evaluate else []) + ["m1"] + (["eval/m1"] if evaluate else [])
+    kinds = [*ITERATION_STAGES[:3], *(["meta"] if meta else []), ITERATION_STAGES[3]] if not online else ["prompts"]
     for t in range(1, num_models):
-        names += [f"iter{t}/{s}" for s in ITERATION_STAGES] + [f"m{t + 1}"] + ([f"eval/m{t + 1}"] if evaluate else [])
+        names += [f"iter{t}/{s}" for s in kinds] + [f"m{t + 1}"] + ([f"eval/m{t + 1}"] if evaluate else [])
     return names
 
 
@@ -69,7 +75,10 @@ class LoopSettings:
     prompt or pair does: ``error`` (stop with the reason) or ``carry`` (log it, count it, and make
     M_{t+1} a copy of M_t, so a sweep job whose judge never parses still finishes and shows 0 pairs);
     ``checkpoint_every_n_steps``: a training stage (SFT, DPO) saves a resumable checkpoint this often
-    (optimizer steps) and at each epoch's end, 0: never; ``keep_checkpoints``: keep it after the stage."""
+    (optimizer steps) and at each epoch's end, 0: never; ``keep_checkpoints``: keep it after the stage;
+    ``sync_every``: None (offline: M_t makes all of iteration t's records, then M_{t+1} trains) or s >= 1
+    (semi-online: the policy generates and judges the next chunk of prompts every s optimizer steps,
+    ``srl/pipeline/stages/online.py``)."""
 
     num_models: int = 3
     stop_after: str | None = None
@@ -78,15 +87,18 @@ class LoopSettings:
     on_no_pairs: str = "error"
     checkpoint_every_n_steps: int = 20
     keep_checkpoints: bool = False
+    sync_every: int | None = None
 
     def __post_init__(self) -> None:
+        if self.sync_every is not None and (isinstance(self.sync_every, bool) or not isinstance(self.sync_every, int) or self.sync_every < 1):
+            raise ValueError(f"iteration.sync_every must be an integer >= 1 (optimizer steps between syncs) or null (offline), got {self.sync_every!r}")
         if self.num_models < 1:
             raise ValueError(f"iteration.num_models must be >= 1, got {self.num_models}")
         if self.checkpoint_every_n_steps < 0:
             raise ValueError(f"iteration.checkpoint_every_n_steps must be >= 0 (0: no checkpoints), got {self.checkpoint_every_n_steps}")
         if self.on_no_pairs not in ("error", "carry"):
             raise ValueError(f"iteration.on_no_pairs must be 'error' or 'carry', got {self.on_no_pairs!r}")
-        names = stage_names(self.num_models, evaluate=True)
+        names = stage_names(self.num_models, evaluate=True, meta=True)  # every stage any mode has (semi-online: a subset)
         if self.stop_after is not None and self.stop_after not in names:
             raise ValueError(f"iteration.stop_after={self.stop_after!r} is not a stage of this run; stages: {names}")
 
@@ -116,6 +128,7 @@ class SelfRewardingLoop:
         backend: Any | None = None,
         hub: HubSettings | None = None,
         command: str = "python -m srl.run",
+        meta: MetaSettings | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.data, self.judge, self.sft = data, judge, sft
@@ -124,7 +137,11 @@ class SelfRewardingLoop:
         self.stage_configs = stage_configs or {}  # the values each fingerprint covers: errors say which keys changed
         self.pairs = pairs if pairs is not None else PairSettings(seed=loop.seed)
         self.evaluation = evaluation if evaluation is not None and evaluation.in_loop else None
-        self.stages = stage_names(loop.num_models, self.evaluation is not None)
+        self.meta = meta if meta is not None and meta.enabled else None
+        if self.meta is not None:
+            self.meta.check(judge)  # a judge whose judgements cannot be meta-judged stops here, before any model loads
+        check_online(loop.sync_every, backend, peft, self.meta, self.pairs, dpo)  # semi-online's limits, before any model loads
+        self.stages = stage_names(loop.num_models, self.evaluation is not None, self.meta is not None, loop.sync_every is not None)
         self.hub, self.command = hub if hub is not None else HubSettings(), command
         for pref in [*(self.evaluation.preference_sets if self.evaluation else ()), *self.pairs.extra]:
             load_preference_set(pref)  # a malformed preference set stops here (file, line, field), before any model loads
@@ -237,7 +254,11 @@ class SelfRewardingLoop:
                 return run_candidates(ctx, t, self._require("generation"))
             if kind == "judgements":
                 return run_judgements(ctx, t, self.judge)
-            return run_pairs(ctx, t, self.pairs, self._require("dpo"), self.judge)
+            if kind == "meta":
+                return run_meta(ctx, t, self._require("meta"), self.judge)
+            return run_pairs(ctx, t, self.pairs, self._require("dpo"), self.judge, meta=self.meta is not None)
+        if self.settings.sync_every is not None:
+            return run_online(ctx, int(stage[1:]), self._require("generation"), self.judge, self.pairs, self._require("dpo"), self.settings.sync_every)
         return run_dpo(ctx, int(stage[1:]), self._require("dpo"), self.judge)
 
     def _require(self, what: str) -> Any:

@@ -13,6 +13,7 @@ included, by each reply's label-token count.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any, Callable, Sequence
 
@@ -87,6 +88,7 @@ class EncodedPair:
     rejected: EncodedExample
     ref_chosen: float | None = 0.0  # None: computed online with the adapter off (LoRA)
     ref_rejected: float | None = 0.0
+    judge: bool = False  # a Meta-Rewarding judge pair (judge prompt, two judgements); else an actor pair
 
 
 def encode_pair(
@@ -102,8 +104,11 @@ def encode_pair(
 
 
 def collate_pairs(pairs: Sequence[EncodedPair], pad_id: int) -> dict[str, torch.Tensor]:
-    """Rows 0..B-1 are the chosen replies, rows B..2B-1 the rejected ones, right-padded together."""
+    """Rows 0..B-1 are the chosen replies, rows B..2B-1 the rejected ones, right-padded together; ``judge`` (B,) bool
+    marks judge pairs when the batch holds any."""
     batch = collate_right([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id)
+    if any(p.judge for p in pairs):
+        batch["judge"] = torch.tensor([p.judge for p in pairs], dtype=torch.bool)
     if all(p.ref_chosen is not None and p.ref_rejected is not None for p in pairs):
         batch["ref_chosen"] = torch.tensor([p.ref_chosen for p in pairs], dtype=torch.float32)
         batch["ref_rejected"] = torch.tensor([p.ref_rejected for p in pairs], dtype=torch.float32)
@@ -157,11 +162,26 @@ def batch_preference_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]
     )
 
 
+def training_autocast(precision: Any, device: torch.device) -> contextlib.AbstractContextManager:
+    """The autocast a Lightning Trainer of ``precision`` runs the training forward under (``bf16-mixed``,
+    ``16-mixed`` and their short names), a no-op for every other precision (``32-true``, ``bf16-true``: the
+    weights themselves are in that dtype)."""
+    name = str(precision)
+    if name in ("bf16-mixed", "bf16"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if name in ("16-mixed", "16"):
+        return torch.autocast(device.type, dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
 @torch.no_grad()
-def reference_logprobs(model: torch.nn.Module, pairs: Sequence[EncodedPair], pad_id: int, batch_size: int = 8) -> list[EncodedPair]:
-    """The pairs with ``ref_chosen``/``ref_rejected`` filled by ``model`` in eval mode (no dropout).
-    In a multi-process run each rank computes whole batches of
-    its share (the batches one process would form, so the values are the same) and all get all."""
+def reference_logprobs(model: torch.nn.Module, pairs: Sequence[EncodedPair], pad_id: int, batch_size: int = 8,
+                       precision: Any = None) -> list[EncodedPair]:
+    """The pairs with ``ref_chosen``/``ref_rejected`` filled by ``model`` in eval mode (no dropout), under the
+    autocast of the training ``precision`` (the trainer's, e.g. ``bf16-mixed``): the policy's log-probs at DPO
+    step 0 are then the reference's and the implicit rewards start at 0 (outside it, bf16-mixed training starts
+    from rewards of ~1e-3 on the tiny model, a bias of every pair). In a multi-process run each rank computes
+    whole batches of its share (the batches one process would form, so the values are the same) and all get all."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -171,7 +191,8 @@ def reference_logprobs(model: torch.nn.Module, pairs: Sequence[EncodedPair], pad
         for start in range(0, len(indices), batch_size):
             chunk = [pairs[i] for i in indices[start:start + batch_size]]
             batch = {k: v.to(device) for k, v in collate_pairs(chunk, pad_id).items()}
-            chosen, rejected = policy_logprobs(model, batch)
+            with training_autocast(precision, device):
+                chosen, rejected = policy_logprobs(model, batch)
             values += [(float(c), float(r)) for c, r in zip(chosen, rejected)]
         return values
 
@@ -188,15 +209,24 @@ class DPOModule(L.LightningModule):
     ``rewards/margin`` (beta * summed log-ratio, whatever the loss), ``rewards/accuracy`` (chosen
     reward > rejected reward), for rpo ``nll`` (the chosen reply's per-token NLL), ``pairs`` and
     ``lr``, each a mean over the step's pairs (``steps.StageProgress`` makes rows and stage statistics).
+    With ``split_kinds`` (Meta-Rewarding: actor and judge pairs in one stage) also ``actor/*`` and
+    ``judge/*``: ``loss``, ``rewards/accuracy``, ``rewards/margin`` over that kind's pairs of the step
+    (absent from a step without one), and ``pairs`` of each kind.
     """
 
     strict_loading = False  # checkpoints hold the trainable weights only (steps.checkpoint_state)
 
-    def __init__(self, model: torch.nn.Module, settings: DPOSettings, metric_prefix: str = "m2/dpo") -> None:
+    def __init__(self, model: torch.nn.Module, settings: DPOSettings, metric_prefix: str = "m2/dpo", split_kinds: bool = False,
+                 planned_steps: int | None = None) -> None:
+        """``planned_steps``: the optimizer and scheduler are built once, for that many steps, and every fit
+        continues them (semi-online training fits chunk after chunk); None: a fresh one per fit, for its steps."""
         super().__init__()
         self.model = model
         self.settings = settings
         self.prefix = metric_prefix
+        self.split_kinds = split_kinds
+        self.planned_steps = planned_steps
+        self._optimization: Any = None
         self.stats = StepStats()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -214,6 +244,15 @@ class DPOModule(L.LightningModule):
         add("rewards/accuracy", (chosen > rejected).float().sum(), n)
         add("pairs", n)
         add("lr", self.trainer.optimizers[0].param_groups[0]["lr"], 1)
+        if self.split_kinds:  # every micro-batch adds both kinds (a count of 0 too): the same names on every process
+            judge = batch["judge"] if "judge" in batch else torch.zeros_like(chosen, dtype=torch.bool)
+            for kind, mask in (("actor", ~judge), ("judge", judge)):
+                m = mask.to(chosen.dtype)
+                count = m.sum()
+                add(f"{kind}/loss", (out.losses * m).sum(), count)
+                add(f"{kind}/rewards/accuracy", ((chosen > rejected).to(m.dtype) * m).sum(), count)
+                add(f"{kind}/rewards/margin", ((chosen - rejected) * m).sum(), count)
+                add(f"{kind}/pairs", count)
         return loss_sum * step_loss_scale(batch, self._trainer, n)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -230,4 +269,8 @@ class DPOModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         s = self.settings
-        return build_optimization(self.model.parameters(), s.optimizer, s.scheduler, self.trainer.estimated_stepping_batches)
+        if self.planned_steps is None:
+            return build_optimization(self.model.parameters(), s.optimizer, s.scheduler, self.trainer.estimated_stepping_batches)
+        if self._optimization is None:
+            self._optimization = build_optimization(self.model.parameters(), s.optimizer, s.scheduler, self.planned_steps)
+        return self._optimization

@@ -127,12 +127,15 @@ class PreferenceLoss:
     (batch,), beta * (log pi - log pi_ref) on SUMMED log-probs for every kind (so the logged rewards
     compare across losses), detached. ``nll``: rpo only, the batch mean of the length-normalised
     NLL of the chosen reply (already inside ``loss``, times nll_alpha), detached; None otherwise.
+    ``losses``: (batch,), each pair's loss (``loss`` is their mean), detached: for statistics of a subset
+    of the pairs (Meta-Rewarding's actor and judge pairs).
     """
 
     loss: torch.Tensor
     chosen_rewards: torch.Tensor
     rejected_rewards: torch.Tensor
     nll: torch.Tensor | None = None
+    losses: torch.Tensor | None = None
 
 
 def _per_token(logps: torch.Tensor, tokens: torch.Tensor | None, kind: str, name: str) -> torch.Tensor:
@@ -185,9 +188,11 @@ def preference_loss(
         if kind == "conservative":
             losses = (1.0 - label_smoothing) * losses - label_smoothing * F.logsigmoid(-logits)
         elif kind == "rpo":
-            nll = -_per_token(policy_chosen, chosen_tokens, kind, "chosen_tokens").mean()
-            losses = losses + nll_alpha * nll
-    return PreferenceLoss(losses.mean(), chosen_rewards.detach(), rejected_rewards.detach(), None if nll is None else nll.detach())
+            per_pair_nll = -_per_token(policy_chosen, chosen_tokens, kind, "chosen_tokens")
+            nll = per_pair_nll.mean()
+            losses = losses + nll_alpha * per_pair_nll  # the mean is unchanged: mean(l + a n) = mean(l) + a mean(n)
+    return PreferenceLoss(losses.mean(), chosen_rewards.detach(), rejected_rewards.detach(), None if nll is None else nll.detach(),
+                          losses.detach())
 
 
 def dpo_loss(

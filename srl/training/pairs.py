@@ -78,6 +78,8 @@ class PairSettings:
         names = [e.name for e in self.extra]
         if len(set(names)) != len(names):
             raise ValueError(f"pairs.extra: names must differ, got {names}")
+        if {"self", "judge"} & set(names):
+            raise ValueError(f"pairs.extra: 'self' and 'judge' name the iteration's own pairs and Meta-Rewarding's judge pairs; rename {names}")
         if self.rule not in RULES:
             raise ValueError(f"pairs.rule={self.rule!r} is not a pair rule; choose one of {list(RULES)}")
         if not 0.0 <= self.length_tier < 0.5:

@@ -6,8 +6,8 @@ to ``<stage>/train_steps.csv`` and the logger (``<prefix>/step/<name>``), and ev
 ``checkpoint_every_n_steps`` steps and at each epoch's end saves a Lightning checkpoint (trainable
 weights, optimizer, scheduler, loop and data position, RNG) to ``<stage>/checkpoints/last.ckpt``, so
 a rerun resumes the stage where it stopped. ``summary`` turns the CSV into stage statistics:
-``<prefix>/<name>_mean`` (over steps), ``_first`` and ``_last``; counters (``target_tokens``,
-``pairs``) are summed over the stage.
+``<prefix>/<name>_mean`` (over steps that have it), ``_first`` and ``_last``; counters (``target_tokens``,
+``pairs``, ``judge/pairs``) are summed over the stage.
 """
 
 from __future__ import annotations
@@ -57,7 +57,9 @@ class StepStats:
         if distributed.world_size() > 1 and trainer is not None:
             values = trainer.strategy.reduce(values.to(trainer.strategy.root_device), reduce_op="sum").cpu()
         self.sums = {}
-        return {n: float(v[0]) if n in self.counters else float(v[0] / max(float(v[1]), 1e-12)) for n, v in zip(names, values)}
+        # A mean over nothing (a statistic of a subset the step had none of) is left out, never reported as 0.
+        return {n: float(v[0]) if n in self.counters else float(v[0] / float(v[1])) for n, v in zip(names, values)
+                if n in self.counters or float(v[1]) > 0}
 
 
 def read_steps(path: Path) -> list[dict[str, float]]:
@@ -86,7 +88,7 @@ def summarize(rows: list[dict[str, float]], prefix: str, counters: set[str] = fr
     names = sorted({k for r in rows for k in r} - {"step", "epoch"})
     for name in names:
         values = [r[name] for r in rows if name in r]
-        if name in counters:
+        if name.rsplit("/", 1)[-1] in counters:  # judge/pairs too
             out[f"{prefix}/{name}"] = sum(values)
             continue
         out[f"{prefix}/{name}_mean"] = sum(values) / len(values)

@@ -188,3 +188,74 @@ def test_dpo_settings_validation():
     ]:
         with pytest.raises(ValueError, match=message):
             make(**kwargs)
+
+
+JUDGE_PAIRS = [  # Meta-Rewarding judge pairs: a judge prompt, a faithful judgement and a careless one
+    ("Judge this reply to 'Name a primary colour': Red.", "Red is a primary colour: correct and direct.\nScore: 5", "Bad.\nScore: 1"),
+    ("Judge this reply to 'What is two plus two?': Five.", "Two plus two is four, so the reply is wrong.\nScore: 1", "Great.\nScore: 5"),
+]
+
+
+def fit_rows(model, tok, pairs, settings, split_kinds):
+    progress = StageProgress(Path(tempfile.mkdtemp()), "m2/dpo", every_n_steps=0)
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=settings.max_epochs, accumulate_grad_batches=settings.accumulate_grad_batches,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+        callbacks=[progress],
+    )
+    module = DPOModule(model, settings, metric_prefix="m2/dpo", split_kinds=split_kinds)
+    trainer.fit(module, datamodule=SFTDataModule(pairs, [], settings.micro_batch_size, tok.pad_token_id, collate=collate_pairs, group_by_length=False))
+    return progress.rows, progress.summary()
+
+
+def test_mixed_actor_and_judge_pairs_log_each_kind_and_both_losses_fall(tiny):
+    """One DPO stage on actor + judge pairs: per step, each kind's loss is the mean over its own pairs (so the step
+    loss is their pair-weighted mean), a step without a kind leaves it out, and both kinds' losses fall."""
+    model, tok = copy.deepcopy(tiny[0]), tiny[1]
+    actor = encoded_pairs(tok)
+    judge = [dataclasses.replace(encode_pair(tok, p, c, r, max_length=128), judge=True) for p, c, r in JUDGE_PAIRS]
+    pairs = reference_logprobs(model, actor + judge, tok.pad_token_id)
+    assert [p.judge for p in pairs] == [False] * 4 + [True] * 2
+    assert collate_pairs(pairs[3:5], tok.pad_token_id)["judge"].tolist() == [False, True]
+    assert "judge" not in collate_pairs(pairs[:2], tok.pad_token_id)
+    settings = DPOSettings(optimizer=functools.partial(torch.optim.AdamW, lr=2e-3), beta=0.1, batch_size=6, micro_batch_size=2,
+                           max_epochs=8, dropout=0.0)
+    rows, stage = fit_rows(model, tok, pairs, settings, split_kinds=True)
+    assert len(rows) == 8
+    for row in rows:
+        assert row["actor/pairs"] == 4 and row["judge/pairs"] == 2
+        weighted = (row["actor/loss"] * row["actor/pairs"] + row["judge/loss"] * row["judge/pairs"]) / row["pairs"]
+        assert row["loss"] == pytest.approx(weighted, rel=1e-5)
+        margin = (row["actor/rewards/margin"] * 4 + row["judge/rewards/margin"] * 2) / 6
+        assert row["rewards/margin"] == pytest.approx(margin, rel=1e-4, abs=1e-6)
+    for kind in ("actor", "judge"):
+        assert stage[f"m2/dpo/{kind}/loss_first"] == pytest.approx(math.log(2.0), abs=1e-3)  # policy = reference at step 1
+        assert stage[f"m2/dpo/{kind}/loss_last"] < stage[f"m2/dpo/{kind}/loss_first"] - 0.1
+        assert stage[f"m2/dpo/{kind}/rewards/accuracy_last"] == 1.0
+    assert stage["m2/dpo/judge/pairs"] == 2 * 8 and stage["m2/dpo/actor/pairs"] == 4 * 8  # counters: summed over the stage
+    # A step with actor pairs only (batch of 2 of the 4 actor pairs): the judge statistics are absent, not 0.
+    only_actor, _ = fit_rows(copy.deepcopy(tiny[0]), tok, pairs[:2], dataclasses.replace(settings, batch_size=2, max_epochs=1), split_kinds=True)
+    assert "judge/loss" not in only_actor[0] and only_actor[0]["judge/pairs"] == 0 and only_actor[0]["actor/pairs"] == 2
+
+
+def test_reference_logprobs_under_the_training_autocast_give_zero_rewards_at_step_zero(tiny):
+    """Under bf16-mixed the policy's step-0 forward runs in autocast: a reference computed in float32 outside it
+    starts DPO from nonzero implicit rewards; computed under the trainer's precision, they are 0."""
+    from srl.training.dpo import training_autocast
+
+    model, tok = copy.deepcopy(tiny[0]), tiny[1]
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    settings = DPOSettings(optimizer=functools.partial(torch.optim.AdamW, lr=1e-3), beta=0.1, batch_size=4, micro_batch_size=4, dropout=0.0)
+    step0 = {}
+    for precision in (None, "bf16-mixed"):
+        pairs = reference_logprobs(model, encoded_pairs(tok), tok.pad_token_id, batch_size=2, precision=precision)
+        model.train()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # what Lightning's bf16-mixed does around training_step
+            out = batch_preference_loss(model, collate_pairs(pairs, tok.pad_token_id), settings)
+        step0[precision] = float(torch.cat([out.chosen_rewards, out.rejected_rewards]).abs().max())
+    assert step0["bf16-mixed"] < 1e-6 < 1e-5 < step0[None]
+    assert isinstance(training_autocast("32-true", torch.device("cpu")), type(training_autocast("bf16-true", torch.device("cpu"))))
+    with training_autocast("16-mixed", torch.device("cpu")):
+        assert torch.get_autocast_dtype("cpu") == torch.float16 and torch.is_autocast_enabled("cpu")

@@ -21,7 +21,7 @@ from conftest import ROOT, compose
 
 SWEEPS = sorted(p.stem for p in (ROOT / "sweeps").glob("*.yaml"))
 # The sweeps over later stages first: their first job trains the M1 that the rest reuse.
-ORDER = ["pair_rule", "loss", "num_candidates", "eft", "judge_format"]
+ORDER = ["pair_rule", "loss", "num_candidates", "eft", "judge_format", "meta_judge"]
 SMOKE = ["+experiment=smoke", "iteration.num_models=2"]
 # The tiny model needs more epochs to learn the other formats' answer lines well enough for pairs.
 EXTRA = {"judge_format": ["sft.max_epochs=12"]}
@@ -128,7 +128,16 @@ def _judge_format(value, s, job):
     assert 0.0 <= s["iter1/judge/mean_score_frac"] <= 1.0
 
 
-CHECKS = {"pair_rule": _pairs, "loss": _loss, "num_candidates": _num_candidates, "eft": _eft, "judge_format": _judge_format}
+def _meta_judge(value, s, job):
+    stages = json.loads((job / "manifest.json").read_text())["stages"]
+    assert ("iter1/meta" in stages) == (value == "true")
+    if value == "true":  # smoke: judge.num_samples 2, so each meta-judged reply has 2 orders
+        assert s["iter1/meta/verdicts"] == 2 * s["iter1/meta/replies"] and "iter1/pairs/judge/kept" in s
+    assert "reused_from" in stages["iter1/judgements"]  # the judgements are the same with and without the meta-judge
+
+
+CHECKS = {"pair_rule": _pairs, "loss": _loss, "num_candidates": _num_candidates, "eft": _eft, "judge_format": _judge_format,
+          "meta_judge": _meta_judge}
 
 
 @pytest.mark.sweeps

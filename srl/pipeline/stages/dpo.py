@@ -37,10 +37,13 @@ def run_dpo(ctx: StageContext, t_next: int, dpo: DPOSettings, judge: JudgeSettin
         pair = encode_pair(tokenizer, p.prompt, p.chosen, p.rejected, dpo.max_length, p.chosen_finished, p.rejected_finished)
         if pair is None:  # the pairs stage kept only pairs that fit dpo.max_length with this tokenizer
             raise ValueError(f"pair {p.prompt_id} no longer fits dpo.max_length={dpo.max_length}; rerun the pairs stage")
-        encoded.append(dataclasses.replace(pair, ref_chosen=p.ref_chosen_logp, ref_rejected=p.ref_rejected_logp))
+        encoded.append(dataclasses.replace(pair, ref_chosen=p.ref_chosen_logp, ref_rejected=p.ref_rejected_logp, judge=p.source == "judge"))
     prefix = f"m{t_next}/dpo"
     metrics: dict[str, Any] = {f"{prefix}/pairs": len(encoded), **trainable(prefix, model)}
-    module = DPOModule(model, dpo, metric_prefix=prefix)
+    mixed = any(e.judge for e in encoded)  # Meta-Rewarding: actor and judge pairs, each kind's statistics logged apart
+    if mixed:
+        metrics[f"{prefix}/judge_pairs"] = sum(e.judge for e in encoded)
+    module = DPOModule(model, dpo, metric_prefix=prefix, split_kinds=mixed)
     datamodule = SFTDataModule(encoded, [], dpo.micro_batch_size, tokenizer.pad_token_id, dpo.seed, collate=collate_pairs,
                                group_by_length=dpo.group_by_length)
     snapshots = [Snapshots(ctx.run_dir / f"m{t_next}" / "select", dpo.select.every_steps)] if dpo.select.enabled else []

@@ -8,6 +8,7 @@ opened before a model loads so that a half-finished stage of another config is r
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from srl.core import distributed
 from srl.data.partial import PartialJsonl
@@ -20,8 +21,9 @@ from srl.judging.pointwise import judge_candidates, judgement_metrics
 from srl.judging.settings import JudgeSettings
 from srl.models.loading import HFModelSpec, load_tokenizer
 from srl.pipeline.context import StageContext, StageResult
+from srl.pipeline.stages.meta import read_judge_pairs
 from srl.pipeline.tracking import SAMPLE_ROWS, prefixed
-from srl.training.dpo import DPOSettings, encode_pair, reference_logprobs
+from srl.training.dpo import DPOSettings, EncodedPair, encode_pair, reference_logprobs
 from srl.training.pairs import PairSettings, select_pairs, truncation_counts
 
 
@@ -101,31 +103,41 @@ def given_pairs(settings: PairSettings) -> tuple[list[tuple[str, PreferencePair]
     return out, counts
 
 
-def run_pairs(ctx: StageContext, t: int, pair_settings: PairSettings, dpo: DPOSettings, judge: JudgeSettings) -> StageResult:
-    """Preference pairs from the scores, and any given ones (``pairs.extra``), with M_t's reference log-probs of each
-    reply (``pairs.jsonl``), also written in TRL's format (``pairs_trl.jsonl``)."""
-    d = ctx.iter_dir(t)
-    candidates = read_jsonl(d / "candidates.jsonl", Candidate)
-    judgements = read_jsonl(d / "judgements.jsonl", Judgement)
-    selected, counts = select_pairs(candidates, judgements, pair_settings, t)
-    given, given_counts = given_pairs(pair_settings)  # read (and checked) before a model loads
-    if ctx.models.peft.enabled:  # the reference is M_t with the adapter off, computed during DPO: no model here
-        model, tokenizer = None, load_tokenizer(ctx.models.spec(t))
-    else:
-        model, tokenizer = ctx.models.slot.get(f"m{t}", ctx.models.spec(t), train=True)
-        model.to(distributed.local_device())
+def encode_selected(tokenizer: Any, selected: list[tuple[Candidate, Candidate, float, float]], max_length: int,
+                    counts: dict[str, Any]) -> tuple[list[EncodedPair], list[tuple[Candidate, Candidate, float, float]]]:
+    """The selected pairs encoded for DPO, and those kept; a prompt too long for ``max_length`` is counted and dropped."""
     encoded, kept = [], []
     for chosen, rejected, cs, rs in selected:
-        pair = encode_pair(tokenizer, chosen.prompt, chosen.response, rejected.response, dpo.max_length, chosen.finished, rejected.finished)
+        pair = encode_pair(tokenizer, chosen.prompt, chosen.response, rejected.response, max_length, chosen.finished, rejected.finished)
         if pair is None:
             counts["dropped/prompt_too_long"] = counts.get("dropped/prompt_too_long", 0) + 1
             continue
         encoded.append(pair)
         kept.append((chosen, rejected, cs, rs))
+    return encoded, kept
+
+
+def run_pairs(ctx: StageContext, t: int, pair_settings: PairSettings, dpo: DPOSettings, judge: JudgeSettings, meta: bool = False) -> StageResult:
+    """Preference pairs from the scores, any given ones (``pairs.extra``) and, with ``meta``, the meta stage's judge
+    pairs (``judge_pairs.jsonl``), with M_t's reference log-probs of each reply (``pairs.jsonl``), also written in
+    TRL's format (``pairs_trl.jsonl``)."""
+    d = ctx.iter_dir(t)
+    candidates = read_jsonl(d / "candidates.jsonl", Candidate)
+    judgements = read_jsonl(d / "judgements.jsonl", Judgement)
+    selected, counts = select_pairs(candidates, judgements, pair_settings, t)
+    given, given_counts = given_pairs(pair_settings)  # read (and checked) before a model loads
+    given += [("judge", p) for p in read_judge_pairs(ctx, t)] if meta else []
+    if ctx.models.peft.enabled:  # the reference is M_t with the adapter off, computed during DPO: no model here
+        model, tokenizer = None, load_tokenizer(ctx.models.spec(t))
+    else:
+        model, tokenizer = ctx.models.slot.get(f"m{t}", ctx.models.spec(t), train=True)
+        model.to(distributed.local_device())
+    encoded, kept = encode_selected(tokenizer, selected, dpo.max_length, counts)
     counts.update(truncation_counts(candidates, kept))  # of the pairs that fit dpo.max_length
     given_kept = []
     for name, gp in given:
-        pair = encode_pair(tokenizer, gp.prompt, gp.chosen, gp.rejected, dpo.max_length, True, True)
+        finished = (gp.chosen_finished, gp.rejected_finished) if isinstance(gp, Pair) else (True, True)
+        pair = encode_pair(tokenizer, gp.prompt, gp.chosen, gp.rejected, dpo.max_length, *finished)
         if pair is None:
             given_counts[f"extra/{name}/dropped_prompt_too_long"] = given_counts.get(f"extra/{name}/dropped_prompt_too_long", 0) + 1
             continue
@@ -133,6 +145,10 @@ def run_pairs(ctx: StageContext, t: int, pair_settings: PairSettings, dpo: DPOSe
         given_kept.append((name, gp))
     for extra in pair_settings.extra:
         given_counts[f"extra/{extra.name}/kept"] = sum(1 for name, _ in given_kept if name == extra.name)
+    if meta:  # judge pairs whose judge prompt and judgement do not fit dpo.max_length are dropped and counted
+        given_counts["judge/read"] = sum(1 for name, _ in given if name == "judge")
+        given_counts["judge/kept"] = sum(1 for name, _ in given_kept if name == "judge")
+        given_counts["judge/dropped_prompt_too_long"] = given_counts.pop("extra/judge/dropped_prompt_too_long", 0)
     counts.update(given_counts)
     if not encoded:
         judged = judgement_metrics(judgements, judge.rubric)
@@ -150,14 +166,15 @@ def run_pairs(ctx: StageContext, t: int, pair_settings: PairSettings, dpo: DPOSe
         counts["kept"] = 0
         return prefixed(f"iter{t}/pairs", counts), [str(d / "pairs.jsonl"), str(d / "pairs_trl.jsonl")]
     if model is not None:
-        with_ref = reference_logprobs(model, encoded, tokenizer.pad_token_id, dpo.ref_batch_size)
+        with_ref = reference_logprobs(model, encoded, tokenizer.pad_token_id, dpo.ref_batch_size, ctx.precision)  # under training's autocast
     else:
         with_ref = [dataclasses.replace(p, ref_chosen=None, ref_rejected=None) for p in encoded]
     records = [
         Pair(c.prompt_id, c.prompt, c.response, r.response, cs, rs, p.ref_chosen, p.ref_rejected, c.finished, r.finished)
         for (c, r, cs, rs), p in zip(kept, with_ref)
     ]
-    records += [Pair(gp.pair_id, gp.prompt, gp.chosen, gp.rejected, None, None, p.ref_chosen, p.ref_rejected, True, True, name)
+    records += [dataclasses.replace(gp, ref_chosen_logp=p.ref_chosen, ref_rejected_logp=p.ref_rejected) if isinstance(gp, Pair) else
+                Pair(gp.pair_id, gp.prompt, gp.chosen, gp.rejected, None, None, p.ref_chosen, p.ref_rejected, True, True, name)
                 for (name, gp), p in zip(given_kept, with_ref[len(kept):])]
     path = d / "pairs.jsonl"
     write_jsonl(path, records)

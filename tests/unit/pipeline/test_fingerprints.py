@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import json
+import re
 
 from conftest import ROOT, compose
 from omegaconf import OmegaConf
@@ -40,9 +41,13 @@ COMPOSITIONS = {
     "messages": ["data=messages", "data.instructions.path=/some/chats.jsonl", "data.eft_rows.path=/some/eft.jsonl"],
     "prompt_completion": ["data=prompt_completion", "data.instructions.path=/some/pc.parquet"],
     "select": ["sft.select.every_steps=50", "dpo.select.every_steps=20"],
+    "meta": ["meta.enabled=true"],  # Meta-Rewarding: an iter<t>/meta stage before each iteration's pairs
+    "online": ["iteration.sync_every=2"],  # semi-online: M_{t+1}'s stage makes the candidates, judgements and pairs
 }
 # A user's own SFT data is off while its path is null, checkpoint selection while every_steps is 0: their other keys then reach no stage.
-OFF_AT = {"data.instructions": ("path", None), "data.eft_rows": ("path", None), "sft.select": ("every_steps", 0), "dpo.select": ("every_steps", 0)}
+# Meta-Rewarding is off while meta.enabled is false: there is no meta stage, and its keys reach none.
+OFF_AT = {"data.instructions": ("path", None), "data.eft_rows": ("path", None), "sft.select": ("every_steps", 0), "dpo.select": ("every_steps", 0),
+          "meta": ("enabled", False)}
 
 
 def off_without_path(cfg, key: str) -> bool:
@@ -71,8 +76,11 @@ TABLE = [
     ("trainer.*", "m1", False),                # accelerator, devices, strategy, precision, clipping, ...: training results
     ("prompt_gen.*", "prompts", False),
     ("iteration.seed", "prompts", True),       # the seed of prompts, candidates, judging and evaluation
+    ("iteration.sync_every", "dpo", False),    # semi-online: the schedule M_{t+1} is trained and its records made by
     ("iteration.*", None, False),              # what runs and how it resumes, not what a finished stage holds
     ("generation.*", "candidates", False),
+    ("meta.enabled", "pairs", False),          # adds the meta stages; in the stages both lists share, the pairs onward change
+    ("meta.*", "meta", False),                 # the meta-judge (Meta-Rewarding's judge pairs), when enabled
     ("pairs.*", "pairs", False),
     ("dpo.max_length", "pairs", False),        # pairs that fit, and their stored reference log-probs
     ("dpo.ref_batch_size", "pairs", False),    # batched (padded) reference log-probs
@@ -87,24 +95,27 @@ TABLE = [
 # data.build.eft_mode=paper: M0 writes the EFT judgements in the data stage, with the generation backend.
 PAPER_EFT = {"model.*": ("data", True), "backend": ("data", True), "backend.*": ("data", True)}
 # Keys that change the list of stages: only the stages both lists share are compared.
-STAGE_LIST_KEYS = {"iteration.num_models", "eval.in_loop"}
+STAGE_LIST_KEYS = {"iteration.num_models", "eval.in_loop", "meta.enabled", "iteration.sync_every"}
+# Semi-online has no candidates, judgements, meta or pairs stages: keys entering there enter at M_{t+1}'s stage.
+ONLINE_KIND = {"candidates": "dpo", "judgements": "dpo", "meta": "dpo", "pairs": "dpo"}
 
 
-def _stages() -> list[str]:
+def _stages(meta: bool = False, online: bool = False) -> list[str]:
     from srl.pipeline.loop import stage_names
 
-    return stage_names(NUM_MODELS, True)
+    return stage_names(NUM_MODELS, True, meta, online)
 
 
 def _kind(stage: str) -> str:
     name = stage.split("/")[-1]
-    return "dpo" if name.startswith("m") and name != "m1" else name
+    return "dpo" if re.fullmatch(r"m[0-9]+", name) and name != "m1" else name
 
 
-def expected_stages(enters: str | None, all_eval: bool) -> set[str]:
+def expected_stages(enters: str | None, all_eval: bool, meta: bool = False, online: bool = False) -> set[str]:
     """The stages a key entering at ``enters`` changes: every non-eval stage from that kind's first
     occurrence on, the evaluation of every model whose chain includes one, and all evaluations with ``all_eval``."""
-    stages = _stages()
+    stages = _stages(meta, online)
+    enters = ONLINE_KIND.get(enters, enters) if online else enters
     chain: set[str] = set()
     if enters is not None:
         first = next(i for i, s in enumerate(stages) if not s.startswith("eval/") and _kind(s) == enters)
@@ -171,12 +182,13 @@ def test_every_config_key_reaches_the_stages_it_should():
         cfg = job_config(overrides)
         eft_paper = cfg.data.build.eft_mode == "paper"
         base = fingerprints(cfg)
-        assert list(base) == _stages(), name
+        meta, online = bool(cfg.meta.enabled), cfg.iteration.sync_every is not None
+        assert list(base) == _stages(meta, online), name
         for key in leaves(OmegaConf.to_container(cfg, resolve=False)):
             off = off_without_path(cfg, key)
-            if (key, eft_paper, off) in checked:  # a key's stages depend on eft_mode (and a path) alone: each is perturbed once (fast)
+            if (key, eft_paper, off, online) in checked:  # a key's stages depend on eft_mode (and a path) alone: each is perturbed once (fast)
                 continue
-            found = (None, False) if off else classify(key, eft_paper)
+            found = (None, False) if off or (online and key.startswith("meta.")) else classify(key, eft_paper)  # online refuses meta
             if found is None:
                 unclassified.add(key)
                 continue
@@ -186,25 +198,27 @@ def test_every_config_key_reaches_the_stages_it_should():
             if key not in STAGE_LIST_KEYS:
                 assert list(new) == list(base), f"{name}: changing {key} changed the list of stages"
             changed = {s for s in base if s in new and new[s] != base[s]}
-            want = expected_stages(*found)
+            want = expected_stages(*found, meta, online)
+            if key in STAGE_LIST_KEYS:  # only the stages both lists share are compared
+                want &= set(new)
             if changed != want:
                 wrong.append(f"{name}: {key} (table: {found}): changes {sorted(changed)}, expected {sorted(want)} "
                              f"(extra {sorted(changed - want)}, missing {sorted(want - changed)})")
-            checked.add((key, eft_paper, off))
+            checked.add((key, eft_paper, off, online))
     assert not unclassified, (
         "config keys not classified in tests/unit/test_fingerprints.py TABLE: " + ", ".join(sorted(unclassified))
         + ". Decide which stage's outputs each one changes, add it to srl/pipeline/fingerprints.py STAGE_INPUTS if any, and to TABLE"
     )
     assert not wrong, "stage fingerprints do not match TABLE:\n" + "\n".join(wrong)
     # COMPOSITIONS reach every key of every config group's files (conf/<group>/<option>.yaml).
-    reached = {key for key, _, _ in checked}
+    reached = {key for key, _, _, _ in checked}
     for path in sorted((ROOT / "conf").glob("*/*.yaml")):
         if path.parent.name != "experiment":
             own = {k: v for k, v in (OmegaConf.to_container(OmegaConf.load(path)) or {}).items() if k != "defaults"}
             package = "" if path.read_text().startswith("# @package _global_") else path.parent.name  # conf/study: global
             missing = [k for k in leaves(own, package) if k not in reached]
             assert not missing, f"{path.relative_to(ROOT)}: keys no composition checks: {missing}; add a composition to COMPOSITIONS"
-    assert {("model.name_or_path", True, False), ("backend.seed", True, False), ("sweep.name", False, False), ("data.instructions.format", False, True), ("data.instructions.format", False, False)} <= checked
+    assert {("model.name_or_path", True, False, False), ("backend.seed", True, False, False), ("sweep.name", False, False, False), ("data.instructions.format", False, True, False), ("data.instructions.format", False, False, False), ("generation.num_candidates", False, False, True)} <= checked
 
 
 def test_generation_temperature_changes_candidates_onward():
