@@ -5,8 +5,14 @@ depend only on its prompt, its seed and the sampling settings, never on which ro
 (up to floating-point rounding, which a float64 test removes). What makes it fast:
 
 * **Shared prefix.** The longest token prefix common to all prompts of the call (the judge's rubric,
-  a chat template's system prompt) is encoded once; every row's cache starts from a copy of it. Exact
-  for models whose attention sees the whole context (no sliding window shorter than the sequence).
+  a chat template's system prompt) is encoded once. For the architectures of
+  ``srl/generation/shared_attention.py`` the rows' caches then hold only their own tokens and every
+  decode step attends to the prefix in place, reading it once for all rows (cascade attention);
+  otherwise every row's cache starts from a copy of it. Exact for models whose attention sees the
+  whole context (no sliding window shorter than the sequence).
+* **Caches that append in place.** Each layer's keys and values live in buffers with room for the
+  call's new tokens (``kv_cache.ReservedLayer``): a decode step writes one column instead of
+  concatenating (copying) the whole cache.
 * **One prefill per distinct prompt.** Rows with the same prompt (N candidates, K judge samples)
   share one prefill; its cache is repeated for the rows, which then sample with their own seeds.
 * **Running batch.** Finished rows leave the batch at once, and waiting prompts are prefilled and
@@ -23,6 +29,7 @@ Only the last position's logits are computed (``logits_to_keep=1``): a prefill n
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 from typing import Any, Sequence
@@ -38,9 +45,11 @@ from srl.generation.kv_cache import (
     kv_bytes_per_token,
     map_cache,
     merge_rows,
+    new_cache,
     pad_cache,
     select_rows,
 )
+from srl.generation import shared_attention
 from srl.generation.sampling import SamplingSettings, sample_next
 
 
@@ -51,6 +60,8 @@ class EngineOptions:
     prefix_cache: bool = True
     share_prefill: bool = True
     refill: bool = True
+    shared_attention: bool = True  # attend to the shared prefix in place instead of copying it into every row
+    reserve_cache: bool = True  # append to preallocated key/value buffers instead of concatenating every step
     min_prefix_tokens: int = 8  # a shorter common prefix is not worth a separate forward
     memory_fraction: float = 0.5  # of free memory, for the KV cache when max_batch_tokens is None
 
@@ -71,6 +82,8 @@ class Engine:
         self.row_overhead = (3 * 4 * vocab) // max(1, kv_bytes_per_token(model))
         self.prefix: Any = None
         self.prefix_len = 0
+        self.shared: Any = None  # the prefix's (keys, values) per layer, attended in place (shared_attention)
+        self.cols = 0  # prefix columns copied into every row's cache (0 with shared attention)
         self.forwards = 0  # model calls, for tests and benchmarks
         self.prefill_tokens = 0
         self.joins = 0  # prefills that joined a batch still decoding (refill)
@@ -79,7 +92,8 @@ class Engine:
         kwargs: dict[str, Any] = {self.cache_arg: cache}
         if self.keep_arg:
             kwargs[self.keep_arg] = 1
-        out = self.model(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=True, **kwargs)
+        with shared_attention.active(self.model, self.shared) if self.shared is not None else contextlib.nullcontext():
+            out = self.model(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=True, **kwargs)
         self.forwards += 1
         self.prefill_tokens += int(attention[:, -ids.shape[1]:].sum()) if ids.shape[1] > 1 else 0
         past = out["cache"] if "cache" in out else out["past_key_values"]
@@ -88,24 +102,34 @@ class Engine:
     def _encode_prefix(self, prefix: Sequence[int]) -> None:
         ids = torch.tensor([list(prefix)], dtype=torch.long, device=self.device)
         positions = torch.arange(len(prefix), device=self.device)[None]
-        self.prefix, _ = self._forward(ids, torch.ones_like(ids), positions, None)
+        self.prefix, _ = self._forward(ids, torch.ones_like(ids), positions, self._new_cache())
         self.prefix_len = len(prefix)
+        if self.options.shared_attention and shared_attention.supported(self.model):
+            # Rows keep only their own tokens; every forward attends to the prefix's keys and values in place.
+            self.shared, self.prefix, self.cols = shared_attention.layer_tensors(self.prefix), None, 0
+        else:
+            self.cols = self.prefix_len  # every row's cache starts with a copy of the prefix
+
+    def _new_cache(self) -> Any:
+        """An empty cache that appends in place (``kv_cache.ReservedLayer``), room for the new tokens reserved."""
+        return new_cache(self.model, self.settings.max_new_tokens) if self.options.reserve_cache else None
 
     def _prefill(self, groups: list[tuple[list[int], list[int]]], seeds: Sequence[int], width: int) -> Rows:
         """Prefill distinct prompts (suffix ids after the shared prefix, item indices) into rows whose
-        cache is ``prefix + width`` long: left padding sits between the prefix and each suffix."""
-        p = self.prefix_len
+        cache is ``cols + width`` long (``cols``: the prefix's columns copied into each row, 0 with shared
+        attention): left padding sits between the prefix and each suffix."""
+        p, c = self.prefix_len, self.cols
         own = max(len(s) for s, _ in groups)
         ids = torch.full((len(groups), own), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((len(groups), p + own), dtype=torch.long)
-        attention[:, :p] = 1
+        attention = torch.zeros((len(groups), c + own), dtype=torch.long)
+        attention[:, :c] = 1
         positions = torch.zeros((len(groups), own), dtype=torch.long)
         for r, (suffix, _) in enumerate(groups):
             n = len(suffix)
             ids[r, own - n:] = torch.tensor(suffix)
-            attention[r, p + own - n:] = 1
+            attention[r, c + own - n:] = 1
             positions[r, own - n:] = torch.arange(p, p + n)
-        cache = None
+        cache = self._new_cache()
         if self.prefix is not None:
             cache = copy.deepcopy(self.prefix)
             map_cache(cache, lambda t: t.expand(len(groups), *t.shape[1:]).contiguous())
@@ -117,8 +141,8 @@ class Engine:
         map_cache(cache, lambda t: t.index_select(0, index))
         attention, logits = attention[index], logits[index]
         if width > own:  # join a running batch that is already longer
-            pad_cache(cache, p, width - own)
-            attention = torch.cat([attention[:, :p], attention.new_zeros(len(repeat), width - own), attention[:, p:]], dim=1)
+            pad_cache(cache, c, width - own)
+            attention = torch.cat([attention[:, :c], attention.new_zeros(len(repeat), width - own), attention[:, c:]], dim=1)
         items = [i for _, group in groups for i in group]
         gens = [torch.Generator().manual_seed(int(seeds[i])) for i in items]
         return Rows(cache, attention, positions[index, -1], logits, items, gens)
@@ -132,7 +156,7 @@ class Engine:
             raise ValueError("empty prompt: nothing to condition on")
         opts = self.options
         self.refill = opts.refill
-        self.prefix, self.prefix_len = None, 0
+        self.prefix, self.prefix_len, self.shared, self.cols = None, 0, None, 0
         if not exact_prefix_ok(self.model, max(len(p) for p in prompts) + self.settings.max_new_tokens):
             opts = dataclasses.replace(opts, prefix_cache=False)
             self.refill = False
@@ -195,14 +219,14 @@ class Engine:
     def _admit(self, rows: Rows | None, pending: list[tuple[list[int], list[int]]], seeds: Sequence[int]) -> Rows:
         """Prefill as many waiting prompts as the row and token budgets allow, and add them to the batch."""
         active = 0 if rows is None else len(rows.items)
-        width = 0 if rows is None else rows.attention.shape[1] - self.prefix_len
+        width = 0 if rows is None else rows.attention.shape[1] - self.cols
         take: list[tuple[list[int], list[int]]] = []
         i = 0
         while i < len(pending) and active < self.max_rows:
             suffix, items = pending[i]
             w = max(width, len(suffix))
             n = active + len(items)
-            fits = n <= self.max_rows and n * self._row_tokens(self.prefix_len + w) <= self.budget
+            fits = n <= self.max_rows and n * self._row_tokens(self.cols + w) <= self.budget
             if not fits and (active or take):
                 i += 1  # a smaller group further on may still fit
                 continue

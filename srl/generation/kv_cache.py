@@ -10,6 +10,12 @@ from typing import Any, Sequence
 
 import torch
 
+try:  # transformers 5: per-layer caches
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+except ImportError:  # pragma: no cover - transformers 4.x: the model's own cache, concatenating
+    DynamicCache = None  # type: ignore[assignment,misc]
+    DynamicLayer = object  # type: ignore[assignment,misc]
+
 
 @dataclasses.dataclass
 class Rows:
@@ -121,6 +127,61 @@ def kv_bytes_per_token(model: torch.nn.Module) -> int:
     head_dim = getattr(cfg, "head_dim", None) or (getattr(cfg, "hidden_size", 0) // max(1, heads))
     elem = next(model.parameters()).element_size()
     return 2 * layers * kv_heads * head_dim * elem
+
+
+class ReservedLayer(DynamicLayer):
+    """A layer cache that appends into preallocated room instead of concatenating.
+
+    ``DynamicLayer.update`` concatenates, which copies the layer's whole cache at every decode step:
+    at batch 16 and ~600 tokens of context that is as many bytes as the model's weights. This layer
+    keeps keys and values in buffers with ``reserve`` spare columns; ``keys``/``values`` are views of
+    the filled part, and a step writes its column in place. When the engine replaces ``keys``/``values``
+    (rows leave, join or are padded: ``map_cache``, ``merge_rows``), the next update moves them into a
+    fresh buffer with ``reserve`` spare columns again, so the copy happens per batch change, not per step.
+    """
+
+    def __init__(self, reserve: int) -> None:
+        super().__init__()
+        self.reserve = max(1, int(reserve))
+        self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._views: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        keys, values = self.keys, self.values
+        length = keys.shape[-2] if keys.dim() == 4 else 0
+        new = key_states.shape[-2]
+        own = self._views is not None and keys is self._views[0] and values is self._views[1]
+        if not own or self._buffers is None or length + new > self._buffers[0].shape[-2]:
+            shape = (key_states.shape[0], key_states.shape[1], length + new + self.reserve)
+            k_buf = key_states.new_empty(*shape, key_states.shape[3])
+            v_buf = value_states.new_empty(*shape, value_states.shape[3])
+            if length:
+                k_buf[:, :, :length] = keys
+                v_buf[:, :, :length] = values
+            self._buffers = (k_buf, v_buf)
+        k_buf, v_buf = self._buffers
+        k_buf[:, :, length:length + new] = key_states
+        v_buf[:, :, length:length + new] = value_states
+        self.keys, self.values = k_buf[:, :, :length + new], v_buf[:, :, :length + new]
+        self._views = (self.keys, self.values)
+        return self.keys, self.values
+
+
+def new_cache(model: torch.nn.Module, reserve: int) -> Any:
+    """An empty cache for ``model`` whose full-attention layers append in place (``ReservedLayer``);
+    None (the model makes its own) where the installed transformers or the model's layers do not allow it."""
+    if DynamicCache is None:
+        return None
+    try:
+        cache = DynamicCache(config=model.config)
+    except Exception:  # a config transformers cannot read layer types from: let the model build its cache
+        return None
+    if not getattr(cache, "layers", None) or any(type(layer) is not DynamicLayer for layer in cache.layers):
+        return None  # sliding-window, linear-attention or lazily built layers: keep the model's own
+    cache.layers = [ReservedLayer(reserve) for _ in cache.layers]
+    return cache
 
 
 def free_memory_bytes(device: torch.device) -> int:

@@ -13,13 +13,13 @@ import pytest
 import torch
 
 from srl.generation.engine import Engine, EngineOptions
-from srl.generation.kv_cache import common_prefix_length, kv_bytes_per_token
+from srl.generation.kv_cache import ReservedLayer, common_prefix_length, forward_kwargs, kv_bytes_per_token, new_cache
 from srl.generation.sample import stop_token_ids
 from srl.generation.sampling import SamplingSettings
 from srl.judging.templates import load_judge_template
 from srl.models.chat import render_prompt
 
-OFF = EngineOptions(prefix_cache=False, share_prefill=False, refill=False)
+OFF = EngineOptions(prefix_cache=False, share_prefill=False, refill=False, reserve_cache=False)
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +75,7 @@ def test_greedy_equals_hf_generate_with_prefix_duplicates_and_refill(tiny64):
     settings = SamplingSettings(temperature=0.0, max_new_tokens=10, batch_size=2)
     judged, engine = run(model, tok, judge, [0] * len(judge), settings, stops=stops)
     assert engine.prefix_len > 100  # the rubric was encoded once
+    assert engine.shared is not None and engine.cols == 0  # and attended in place, not copied into the rows
     chatted, other = run(model, tok, chat, [0] * len(chat), settings, stops=stops)
     assert engine.joins > 0 and other.joins > 0
     lengths = set()
@@ -102,12 +103,14 @@ def sampled(tiny64):
     return prompts, seeds, stops, out, engine
 
 
-@pytest.mark.parametrize("batch_size,budget", [(5, None), (32, None), (32, 700)])
-def test_sampling_identical_with_and_without_the_optimisations(tiny64, sampled, batch_size, budget):
+@pytest.mark.parametrize("batch_size,budget,options", [(5, None, EngineOptions()), (32, None, EngineOptions()), (32, 700, EngineOptions()),
+                                                       (5, None, EngineOptions(shared_attention=False))])
+def test_sampling_identical_with_and_without_the_optimisations(tiny64, sampled, batch_size, budget, options):
     model, tok = tiny64
     prompts, seeds, stops, slow, reference = sampled
     settings = dataclasses.replace(SAMPLED, batch_size=batch_size, max_batch_tokens=budget)
-    fast, engine = run(model, tok, prompts, seeds, settings, stops=stops)
+    fast, engine = run(model, tok, prompts, seeds, settings, options, stops=stops)
+    assert (engine.shared is not None) == options.shared_attention
     assert fast == slow
     assert len({len(t) for t, _ in fast}) > 1
     # The three samples of a prompt have their own seeds, so they differ.
@@ -154,3 +157,39 @@ def test_bad_calls_raise(tiny64):
         engine.run([[1, 2]], [0, 1])
     with pytest.raises(ValueError, match="empty prompt"):
         engine.run([[]], [0])
+
+
+def test_reserved_layer_appends_in_place_and_equals_concatenation():
+    generator = torch.Generator().manual_seed(0)
+    steps = [torch.randn(3, 2, n, 4, generator=generator) for n in (5, 1, 1, 1)]
+    layer = ReservedLayer(reserve=2)
+    buffers = []
+    for i, k in enumerate(steps):
+        keys, values = layer.update(k, -k)
+        expected = torch.cat(steps[:i + 1], dim=2)
+        assert torch.equal(keys, expected) and torch.equal(values, -expected)
+        assert layer.get_seq_length() == expected.shape[2]
+        buffers.append(layer._buffers[0])
+    assert buffers[0] is buffers[1] is buffers[2]  # 5 + 2 reserved columns: two steps without a copy
+    assert buffers[3] is not buffers[2]  # the third step outgrew the room and moved once
+    # The engine replaces keys/values when rows leave (index_select): the next step appends to those rows.
+    layer.keys, layer.values = layer.keys[[0, 2]], layer.values[[0, 2]]
+    keys, _ = layer.update(steps[1][:2], -steps[1][:2])
+    assert torch.equal(keys, torch.cat([torch.cat(steps, dim=2)[[0, 2]], steps[1][:2]], dim=2))
+
+
+def test_new_cache_has_reserved_layers_and_the_same_logits(tiny64):
+    model, tok = tiny64
+    ids = torch.tensor(encode(tok, ["What is tea?"]))
+    cache = new_cache(model, reserve=8)
+    assert all(isinstance(layer, ReservedLayer) for layer in cache.layers)
+    arg = forward_kwargs(model)[0]
+    with torch.no_grad():
+        mine = model(input_ids=ids, use_cache=True, **{arg: cache})
+        ref = model(input_ids=ids, use_cache=True)
+        mine_cache, ref_cache = (out["cache"] if "cache" in out else out["past_key_values"] for out in (mine, ref))
+        assert mine_cache is cache
+        step = torch.tensor([[5]])
+        a = model(input_ids=step, use_cache=True, **{arg: mine_cache}).logits
+        b = model(input_ids=step, use_cache=True, **{arg: ref_cache}).logits
+    assert torch.equal(a, b)
