@@ -106,7 +106,7 @@ RULES: dict[str, Rule] = {
     "*.scheduler.final_lr": NONNEG, "*.scheduler.warmup_steps": NONNEG,
     "trainer.devices": Rule(lo=1, integer=True, also=(str, list)), "trainer.num_nodes": COUNT,  # devices: or "auto", a list
     "trainer.gradient_clip_val": NONNEG, "trainer.log_every_n_steps": COUNT,
-    "backend.tensor_parallel_size": COUNT, "backend.gpu_memory_utilization": Rule(0, 1, lo_open=True), "backend.max_model_len": COUNT,
+    "backend.weights": Rule(choices="srl.generation.weights:WEIGHTS"), "backend.tensor_parallel_size": COUNT, "backend.gpu_memory_utilization": Rule(0, 1, lo_open=True), "backend.max_model_len": COUNT,
     "iteration.num_models": COUNT, "iteration.checkpoint_every_n_steps": NONNEG, "iteration.on_no_pairs": Rule(choices=("error", "carry")),
     "eval.rm.num_samples": COUNT, "eval.rm.max_prompts": COUNT, "eval.h2h.bootstrap_samples": COUNT,
     "eval.h2h.against": Rule(choices=("start", "previous")), "eval.h2h.prompts.kind": Rule(choices="srl.data.prompt_sets:KINDS"),

@@ -60,8 +60,7 @@ log = logging.getLogger(__name__)
 # replies are written, so that a baseline model is loaded only then (one model in memory).
 BaselineFn = Callable[[Sequence[PromptRecord]], tuple[dict[str, Candidate], str]]
 
-# Returns the reference's log-probs of the replies of the groups whose own log-probs file is at the
-# given path (relative to the evaluation's folder), or None when there are none (logged).
+# The reference's log-probs of the groups whose own log-probs are at a path (relative), None if none (logged).
 ReferenceFn = Callable[[str, Sequence[RankedPrompt]], "dict[implicit.Key, ReplyLogprob] | None"]
 
 LOGPROBS = "heldout_logprobs.jsonl"
@@ -119,36 +118,45 @@ def heldout_and_preference_sets(groups: Sequence[RankedPrompt], preference_sets:
     return [GroupSet("", "", groups)] + [GroupSet(f"pref/{name}/", f"pref/{name}", g) for name, g in preference_sets]
 
 
-def _judge_and_score(
+def _judge(
     model: Any, tokenizer: Any, gs: GroupSet, out_dir: Path, settings: EvalSettings, judge: JudgeSettings, seed: int, stamp: Stamp | None,
-) -> tuple[dict[str, Any], dict[Any, Any]]:
-    """rm metrics of one group set, and its replies' log-probs under ``model`` (for implicit rewards)."""
+) -> dict[str, Any]:
+    """rm metrics of one group set (the judge samples: the model in its generation format)."""
     folder = out_dir / gs.folder
     folder.mkdir(parents=True, exist_ok=True)
-    result: dict[str, Any] = {}
     groups = subset(gs.groups, settings.rm.max_prompts, settings.rm.seed) if not gs.folder else list(gs.groups)
-    if settings.rm.enabled:
-        k = settings.rm.num_samples or judge.num_samples
-        store = PartialJsonl(folder / "rm_judgements.jsonl", Judgement, stamp, on_stale="discard")
-        judgements = rm.judge_groups(model, tokenizer, groups, dataclasses.replace(judge, num_samples=k), seed, store)
-        stats = rm.rm_metrics(groups, judgements, judge.rubric, settings.bootstrap_samples, settings.rm.seed)
-        result.update({f"{gs.prefix}rm/{name}": v for name, v in stats.items()})
-        result[f"{gs.prefix}rm/judge_samples"] = k
-    logprobs: dict[Any, Any] = {}
-    if settings.implicit.enabled:
-        imp = settings.implicit
-        store = PartialJsonl(folder / LOGPROBS, ReplyLogprob, stamp, on_stale="discard")
-        implicit.reply_logprobs(model, tokenizer, gs.groups, imp.max_length, imp.batch_size, store)
-        logprobs = implicit.by_key(read_jsonl(store.finish(), ReplyLogprob))
-        result.update({f"{gs.prefix}heldout/{name}": v for name, v in implicit.best_reply_nll(gs.groups, logprobs).items()})
-    return result, logprobs
+    k = settings.rm.num_samples or judge.num_samples
+    store = PartialJsonl(folder / "rm_judgements.jsonl", Judgement, stamp, on_stale="discard")
+    judgements = rm.judge_groups(model, tokenizer, groups, dataclasses.replace(judge, num_samples=k), seed, store)
+    stats = rm.rm_metrics(groups, judgements, judge.rubric, settings.bootstrap_samples, settings.rm.seed)
+    result = {f"{gs.prefix}rm/{name}": v for name, v in stats.items()}
+    result[f"{gs.prefix}rm/judge_samples"] = k
+    return result
+
+
+def _score(model: Any, tokenizer: Any, gs: GroupSet, out_dir: Path, settings: EvalSettings, stamp: Stamp | None) -> tuple[dict[str, Any], dict[Any, Any]]:
+    """Held-out NLL of one group set and its replies' log-probs (the model as configured, for implicit rewards)."""
+    (out_dir / gs.folder).mkdir(parents=True, exist_ok=True)
+    imp = settings.implicit
+    store = PartialJsonl(out_dir / gs.folder / LOGPROBS, ReplyLogprob, stamp, on_stale="discard")
+    implicit.reply_logprobs(model, tokenizer, gs.groups, imp.max_length, imp.batch_size, store)
+    logprobs = implicit.by_key(read_jsonl(store.finish(), ReplyLogprob))
+    return {f"{gs.prefix}heldout/{name}": v for name, v in implicit.best_reply_nll(gs.groups, logprobs).items()}, logprobs
+
+
+def exact_model(slot: ModelSlot, key: str, spec: Any) -> tuple[Any, Any]:
+    """The model as configured (not its generation copy), on this process's device: for log-probs."""
+    model, tokenizer = slot.get(key, spec, train=True)
+    if slot.device is not None and getattr(model, "hf_device_map", None) is None:
+        model.to(slot.device)
+    return model, tokenizer
 
 
 def evaluate_model(
     name: str, key: str, spec: Any, slot: ModelSlot, out_dir: Path, settings: EvalSettings, judge: JudgeSettings,
     groups: Sequence[RankedPrompt], prompts: Sequence[PromptRecord], baseline: BaselineFn | None, seed: int,
     stamp: Stamp | None = None, reference: ReferenceFn | None = None, h2h_judge: tuple[str, Any] | None = None,
-    preference_sets: Sequence[tuple[str, Sequence[RankedPrompt]]] = (),
+    preference_sets: Sequence[tuple[str, Sequence[RankedPrompt]]] = (), baseline_scores: dict[str, Judgement] | None = None,
 ) -> dict[str, Any]:
     """Run the enabled evaluations of one model into ``out_dir``; metrics named ``rm/*``, ``heldout/*``,
     ``implicit/*``, ``replies/*``, ``h2h/*`` and ``pref/<set>/...``.
@@ -157,21 +165,28 @@ def evaluate_model(
     its config), chunks written under another config are discarded first, never mixed in. Models
     are loaded through ``slot`` (one in memory): the evaluated model, then the baseline model if
     any, then the head-to-head judge (``h2h_judge``: (slot key, spec); None: the evaluated model),
-    then the implicit-reward ``reference`` if it is a model.
+    then the implicit-reward ``reference`` if it is a model. Log-probs come from the model as configured,
+    sampling from its generation copy (``ModelSlot``). ``baseline_scores``: ``score_pointwise``'s ``known``.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {}
-    model, tokenizer = slot.get(key, spec)
     sets = heldout_and_preference_sets(groups, preference_sets)
     if not groups:
         log.warning("eval rm: no held-out prompt with two or more ranked replies; skipped")
         sets = sets[1:]
     policy = {}
-    for gs in sets:
-        metrics, policy[gs.prefix] = _judge_and_score(model, tokenizer, gs, out_dir, settings, judge, seed, stamp)
-        result.update(metrics)
+    if settings.implicit.enabled and sets:  # log-probs first, from the model as configured
+        model, tokenizer = exact_model(slot, key, spec)
+        for gs in sets:
+            metrics, policy[gs.prefix] = _score(model, tokenizer, gs, out_dir, settings, stamp)
+            result.update(metrics)
+    model, tokenizer = slot.get(key, spec)  # then sampling, from the generation copy (conf/backend: weights)
+    if settings.rm.enabled:
+        for gs in sets:
+            result.update(_judge(model, tokenizer, gs, out_dir, settings, judge, seed, stamp))
     if prompts and (settings.h2h.enabled or settings.alpaca_export):
-        result.update(_replies_and_h2h(name, key, spec, slot, model, tokenizer, out_dir, settings, judge, prompts, baseline, stamp, h2h_judge))
+        result.update(_replies_and_h2h(name, key, spec, slot, model, tokenizer, out_dir, settings, judge, prompts, baseline, stamp, h2h_judge,
+                                       baseline_scores))
     if settings.implicit.enabled and reference is not None:
         for gs in sets:
             ref = reference(f"{gs.folder}/{LOGPROBS}" if gs.folder else LOGPROBS, gs.groups)
@@ -186,6 +201,7 @@ def evaluate_model(
 def _replies_and_h2h(
     name: str, key: str, spec: Any, slot: ModelSlot, model: Any, tokenizer: Any, out_dir: Path, settings: EvalSettings, judge: JudgeSettings,
     prompts: Sequence[PromptRecord], baseline: BaselineFn | None, stamp: Stamp | None, h2h_judge: tuple[str, Any] | None,
+    baseline_scores: dict[str, Judgement] | None = None,
 ) -> dict[str, Any]:
     h2h, result = settings.h2h, {}
     store = PartialJsonl(out_dir / "replies.jsonl", Candidate, stamp, on_stale="discard")
@@ -214,7 +230,8 @@ def _replies_and_h2h(
     if h2h.protocol == "pointwise" and judge.mode != "pairwise":
         scoring = dataclasses.replace(judge, num_samples=h2h.num_samples or judge.num_samples, sampling=h2h.judge_sampling, external=external)
         scores = PartialJsonl(out_dir / "h2h_scores.jsonl", Judgement, stamp, on_stale="discard")
-        judged = headtohead.score_pointwise(judge_model, judge_tokenizer, mine, theirs, scoring, h2h.seed, scores)
+        judged = headtohead.score_pointwise(judge_model, judge_tokenizer, mine, theirs, scoring, h2h.seed, scores, baseline_scores)
+        result["h2h/baseline_scores_reused"] = sum(1 for p in mine if p in theirs and p in (baseline_scores or {}))
         stats = headtohead.pointwise_metrics(judged, mine, theirs, h2h.tie_margin, h2h.bootstrap_samples, h2h.seed)
     else:
         comparisons = PartialJsonl(out_dir / "h2h_comparisons.jsonl", Comparison, stamp, on_stale="discard")
@@ -254,7 +271,7 @@ class ModelReference:
     stamp: Stamp | None = None
 
     def __call__(self, relative: str, groups: Sequence[RankedPrompt]) -> dict[implicit.Key, ReplyLogprob]:
-        model, tokenizer = self.slot.get(f"reference:{self.name}", self.spec)
+        model, tokenizer = exact_model(self.slot, f"reference:{self.name}", self.spec)
         path = self.out_dir / "reference" / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         store = PartialJsonl(path, ReplyLogprob, self.stamp, on_stale="discard")

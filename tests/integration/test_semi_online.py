@@ -16,7 +16,8 @@ from srl.data.records import Candidate, Judgement, Pair, read_jsonl
 
 # The smoke experiment's 4 prompts (4 replies each); DPO batch 2 and sync_every=1: chunks of 1 x 2 prompts, so 2 chunks,
 # and the policy is synced after every optimizer step.
-RUN = ["iteration.num_models=2", "prompt_gen.num_prompts=4", "dpo.batch_size=2", "dpo.micro_batch_size=1", "iteration.sync_every=1"]
+# backend.weights=as_loaded: every stage samples from the weights as loaded, as semi-online samples from the policy in memory
+RUN = ["backend.weights=as_loaded", "iteration.num_models=2", "prompt_gen.num_prompts=4", "dpo.batch_size=2", "dpo.micro_batch_size=1", "iteration.sync_every=1"]
 
 
 class Stop(Exception):
@@ -104,6 +105,6 @@ def test_offline_stays_the_default_and_unsupported_combinations_are_refused(tmp_
     for extra, message in ((["backend=vllm"], "backend=vllm needs the policy's weights pushed"),
                            (["peft=lora"], "does not support peft"), (["meta.enabled=true", "judge.num_samples=2"], "meta.enabled")):
         with pytest.raises(ValueError, match=message):
-            loop_for(tmp_path / "b", *RUN, *extra)
+            loop_for(tmp_path / "b", *RUN[1:], *extra)  # without backend.weights, which backend=vllm does not have
     with pytest.raises(Exception, match="iteration.sync_every must be an integer >= 1"):  # hydra wraps the ValueError
         loop_for(tmp_path / "c", "iteration.sync_every=0")

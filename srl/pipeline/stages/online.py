@@ -29,6 +29,7 @@ from srl.core import distributed, rundir
 from srl.data.partial import PartialJsonl
 from srl.data.records import Candidate, Judgement, Pair, PromptRecord, read_jsonl, write_json, write_jsonl
 from srl.generation.candidates import CandidateSettings, candidate_metrics, generate_candidates
+from srl.generation.weights import EngineSettings
 from srl.judging.pointwise import judge_candidates, judgement_metrics
 from srl.judging.settings import JudgeSettings
 from srl.pipeline.context import StageContext, StageResult, accumulation, trainable
@@ -51,7 +52,7 @@ def check_online(sync_every: int | None, backend: Any, peft: Any, meta: Any, pai
     """Refuse what semi-online mode does not support yet, before any model loads."""
     if sync_every is None:
         return
-    if backend is not None:
+    if backend is not None and not isinstance(backend, EngineSettings):  # a generation-only backend (vLLM)
         raise ValueError(VLLM_SYNC)
     unsupported = {"peft (LoRA/QLoRA: the adapter-off reference of each chunk is not built)": peft is not None and peft.enabled,
                    "meta.enabled (judge pairs per chunk are not built)": meta is not None,

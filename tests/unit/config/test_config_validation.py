@@ -101,6 +101,7 @@ MISTAKES = [
     (["eval.h2h.prompts.kind=nope"], "eval.h2h.prompts.kind", "one of heldout"),
     (["peft=lora", "peft.r=0"], "peft.r", ">= 1"),
     (["backend=vllm", "backend.gpu_memory_utilization=1.5"], "backend.gpu_memory_utilization", "in (0, 1]"),
+    (["backend.weights=int4"], "backend.weights", "one of auto, as_loaded, float32, bfloat16, float16"),
     (["pairs.length_tier=0.5"], "pairs.length_tier", "in [0, 0.5)"),
     (["eval.h2h.judge=m2"], "eval.h2h.judge", "allowed: m0, m1"),
     (["eval.h2h.protocol=nope"], "eval.h2h.protocol", "one of pairwise, pointwise"),

@@ -138,7 +138,10 @@ def test_peft_changes_training_fingerprints_not_the_data():
 def test_backends():
     from srl.generation.vllm import VLLMSettings
 
-    assert not compose(["backend=hf"]).get("backend")
+    from srl.generation.weights import EngineSettings
+
+    engine = instantiate(compose(["backend=hf"]).backend)
+    assert isinstance(engine, EngineSettings) and engine.weights == "auto"
     vllm = instantiate(compose(["backend=vllm", "backend.tensor_parallel_size=2"]).backend)
     assert isinstance(vllm, VLLMSettings) and vllm.tensor_parallel_size == 2 and vllm.enable_prefix_caching
 
