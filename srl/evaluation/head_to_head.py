@@ -206,20 +206,28 @@ def pointwise_metrics(
 
 def score_pointwise(
     judge_model: torch.nn.Module, tokenizer: Any, model_replies: dict[str, Candidate], baseline_replies: dict[str, Candidate],
-    judge: JudgeSettings, seed: int, store: PartialJsonl,
+    judge: JudgeSettings, seed: int, store: PartialJsonl, known: dict[str, Judgement] | None = None,
 ) -> list[Judgement]:
-    """Judge each side's reply alone with the rubric (candidate 0: the model, 1: the baseline), resumable."""
+    """Judge each side's reply alone with the rubric (candidate 0: the model, 1: the baseline), resumable.
+
+    ``known``: baseline judgements by prompt id that an earlier evaluation made with the same judge,
+    settings and seeds (``srl.pipeline.stages.evaluation.reusable_baseline_scores``); those baseline
+    replies are not judged again, and the returned list holds the known records for them."""
     if judge.mode == "pairwise":
         raise ValueError("eval.h2h.protocol=pointwise scores each reply with a rubric; the run's judge is pairwise (judge=pairwise): "
                          "use eval.h2h.protocol=pairwise, or a rubric judge")
-    candidates = []
+    known = known or {}
+    candidates, reused = [], []
     for p, mine in model_replies.items():
         if p in baseline_replies:
             theirs = baseline_replies[p]
-            candidates += [dataclasses.replace(mine, candidate=MODEL),
-                           Candidate(p, BASELINE, mine.prompt, theirs.response, theirs.num_tokens, theirs.finished)]
+            candidates.append(dataclasses.replace(mine, candidate=MODEL))
+            if p in known:
+                reused.append(known[p])
+            else:
+                candidates.append(Candidate(p, BASELINE, mine.prompt, theirs.response, theirs.num_tokens, theirs.finished))
     judge_candidates(judge_model, tokenizer, candidates, judge, seed, 0, store)
-    return read_jsonl(store.finish(), Judgement)
+    return read_jsonl(store.finish(), Judgement) + reused
 
 
 def generate_replies(

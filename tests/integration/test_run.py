@@ -101,7 +101,14 @@ def check_eval_table(run_dir: Path, summary: dict, models: int) -> None:
         for key, value in implicit.items():
             assert summary[f"eval/m{t}/implicit/{key}"] == value, (t, key)
         scores = read_jsonl(d / "h2h_scores.jsonl", Judgement)
-        assert sorted((j.prompt_id, j.candidate) for j in scores) == sorted((r.prompt_id, side) for r in replies for side in (0, 1))
+        if t == 1:
+            assert sorted((j.prompt_id, j.candidate) for j in scores) == sorted((r.prompt_id, side) for r in replies for side in (0, 1))
+            m1_baseline = [j for j in scores if j.candidate == 1]
+            assert "eval/m1/h2h/baseline_scores_from" not in summary
+        else:  # M1 judged M0's replies in eval/m1 with the same settings and seeds: eval/m{t} judges only M_t's
+            assert sorted((j.prompt_id, j.candidate) for j in scores) == sorted((r.prompt_id, 0) for r in replies)
+            assert summary[f"eval/m{t}/h2h/baseline_scores_reused"] == 4 and summary[f"eval/m{t}/h2h/baseline_scores_from"] == "eval/m1"
+            scores = scores + m1_baseline
         m0 = {r.prompt_id: r for r in read_jsonl(run_dir / "eval" / "m0" / "replies.jsonl", Candidate)}
         expected = pointwise_metrics(scores, {r.prompt_id: r for r in replies}, m0, 0.0, 200, 0)
         for key, value in expected.items():
