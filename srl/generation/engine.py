@@ -92,7 +92,7 @@ class Engine:
         kwargs: dict[str, Any] = {self.cache_arg: cache}
         if self.keep_arg:
             kwargs[self.keep_arg] = 1
-        with shared_attention.active(self.model, self.shared) if self.shared is not None else contextlib.nullcontext():
+        with shared_attention.active(self.model, self.shared, cache) if self.shared is not None else contextlib.nullcontext():
             out = self.model(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=True, **kwargs)
         self.forwards += 1
         self.prefill_tokens += int(attention[:, -ids.shape[1]:].sum()) if ids.shape[1] > 1 else 0

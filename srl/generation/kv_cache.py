@@ -155,8 +155,9 @@ class ReservedLayer(DynamicLayer):
         own = self._views is not None and keys is self._views[0] and values is self._views[1]
         if not own or self._buffers is None or length + new > self._buffers[0].shape[-2]:
             shape = (key_states.shape[0], key_states.shape[1], length + new + self.reserve)
-            k_buf = key_states.new_empty(*shape, key_states.shape[3])
-            v_buf = value_states.new_empty(*shape, value_states.shape[3])
+            # zeros, not uninitialised memory: attention may read the unfilled columns (masked out) whole
+            k_buf = key_states.new_zeros(*shape, key_states.shape[3])
+            v_buf = value_states.new_zeros(*shape, value_states.shape[3])
             if length:
                 k_buf[:, :, :length] = keys
                 v_buf[:, :, :length] = values
@@ -167,6 +168,14 @@ class ReservedLayer(DynamicLayer):
         self.keys, self.values = k_buf[:, :, :length + new], v_buf[:, :, :length + new]
         self._views = (self.keys, self.values)
         return self.keys, self.values
+
+
+    def filled_buffers(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The whole buffers when ``keys``/``values`` are this layer's current filled part, else None;
+        columns past the filled part are zeros."""
+        if self._views is None or self._buffers is None or keys is not self._views[0] or values is not self._views[1]:
+            return None
+        return self._buffers
 
 
 def new_cache(model: torch.nn.Module, reserve: int) -> Any:

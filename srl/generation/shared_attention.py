@@ -24,6 +24,8 @@ import torch
 
 NAME = "srl_shared_prefix"
 _PREFIX: contextvars.ContextVar[Sequence[tuple[torch.Tensor, torch.Tensor]] | None] = contextvars.ContextVar("srl_shared_prefix", default=None)
+_CACHE: contextvars.ContextVar[Any] = contextvars.ContextVar("srl_shared_prefix_cache", default=None)  # the rows' cache
+_BIAS: contextvars.ContextVar[Any] = contextvars.ContextVar("srl_shared_prefix_bias", default=None)  # (mask, bias) of this forward
 # Architectures whose attention layers call the attention interface with plain scaled dot-product
 # attention over the whole context (no soft-capping, no attention sinks, no sliding window).
 SUPPORTED = {"llama", "mistral", "qwen2", "qwen3", "granite", "olmo", "olmo2", "phi3", "smollm3"}
@@ -59,18 +61,21 @@ def layer_tensors(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 @contextlib.contextmanager
-def active(model: torch.nn.Module, prefix: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[None]:
-    """Forwards of ``model`` inside attend to ``prefix`` (per layer (1, kv heads, P, head dim)) before their own cache."""
+def active(model: torch.nn.Module, prefix: Sequence[tuple[torch.Tensor, torch.Tensor]], cache: Any = None) -> Iterator[None]:
+    """Forwards of ``model`` inside attend to ``prefix`` (per layer (1, kv heads, P, head dim)) before their own cache
+    (``cache``: the rows' cache the forward updates, whose preallocated buffers decode steps may read whole)."""
     _register()
     cfg = model.config
     saved = cfg._attn_implementation
-    token = _PREFIX.set(prefix)
+    tokens = (_PREFIX.set(prefix), _CACHE.set(cache), _BIAS.set(None))
     cfg._attn_implementation = NAME
     try:
         yield
     finally:
         cfg._attn_implementation = saved
-        _PREFIX.reset(token)
+        _BIAS.reset(tokens[2])
+        _CACHE.reset(tokens[1])
+        _PREFIX.reset(tokens[0])
 
 
 def shared_prefix_attention(
@@ -89,16 +94,10 @@ def shared_prefix_attention(
     kv_heads, own = key.shape[1], key.shape[2]
     groups = heads // kv_heads
     scale = scaling if scaling is not None else d ** -0.5
-    if attention_mask is None:  # no padding: causal over the own columns
-        keep = torch.arange(own, device=key.device)[None, :] <= torch.arange(own - q, own, device=key.device)[:, None]
-        keep = keep[None, None].expand(b, 1, q, own)
-    elif attention_mask.dtype == torch.bool:
-        keep = attention_mask.expand(b, 1, q, own)
-    else:  # an additive mask: 0 where attended
-        keep = (attention_mask == 0).expand(b, 1, q, own)
     if q > 1:  # a prefill: compute-bound, so the fused kernel over the prefix copied for this call is faster
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+        keep = _keep(attention_mask, b, q, own, key.device)
         full_mask = torch.cat([keep.new_ones(b, 1, q, pk.shape[2]), keep], dim=-1)
         full_key = torch.cat([pk.expand(b, -1, -1, -1), key], dim=2)
         full_value = torch.cat([pv.expand(b, -1, -1, -1), value], dim=2)
@@ -106,12 +105,14 @@ def shared_prefix_attention(
         return sdpa_attention_forward(module, query, full_key, full_value, full_mask, dropout=dropout, scaling=scale, is_causal=False, **kwargs)
     # Query heads h = kv * groups + j use key/value head kv (transformers' repeat_kv layout).
     qg = query.reshape(b, kv_heads, groups * q, d)
-    scores_own = torch.matmul(qg, key.transpose(-1, -2)) * scale  # (b, kv, groups*q, own)
+    key, value, width = _full_buffers(module.layer_idx, key, value)
+    bias = _column_bias(attention_mask, (b, q, own), pk.shape[2], width, torch.promote_types(query.dtype, torch.float32), key.device)
     flat = qg.transpose(0, 1).reshape(kv_heads, b * groups * q, d)
-    scores_pre = (torch.matmul(flat, pk[0].transpose(-1, -2)) * scale).reshape(kv_heads, b, groups * q, -1).transpose(0, 1)
-    keep = keep[:, :, None].expand(b, 1, groups, q, own).reshape(b, 1, groups * q, own)
-    work = torch.promote_types(query.dtype, torch.float32)
-    scores = torch.cat([scores_pre.to(work), scores_own.to(work).masked_fill(~keep, float("-inf"))], dim=-1)
+    scores_pre = torch.matmul(flat, pk[0].transpose(-1, -2)).reshape(kv_heads, b, groups * q, -1).transpose(0, 1)
+    # keys @ queries^T, then the small result transposed: a product with the keys transposed as its right
+    # operand copies them first on a CPU in bfloat16.
+    scores_own = torch.matmul(key, qg.transpose(-1, -2)).transpose(-1, -2)  # (b, kv, groups*q, width)
+    scores = torch.add(bias, torch.cat([scores_pre, scores_own], dim=-1).to(bias.dtype), alpha=scale)
     probs = torch.softmax(scores, dim=-1).to(query.dtype)
     p_len = pk.shape[2]
     p_pre = probs[..., :p_len].transpose(0, 1).reshape(kv_heads, b * groups * q, p_len)
@@ -119,3 +120,43 @@ def shared_prefix_attention(
     out = out + torch.matmul(probs[..., p_len:], value)
     out = out.reshape(b, kv_heads, groups, q, d).reshape(b, heads, q, d)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _full_buffers(layer_idx: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The layer's whole preallocated buffers when ``key``/``value`` are their filled part (``ReservedLayer``).
+
+    A batched product over the filled part (a view whose rows are ``capacity`` apart) copies it first on a CPU
+    in bfloat16: a copy of the whole own cache per layer and step. The buffers are contiguous, and their unfilled
+    columns are zeros that the column bias masks out."""
+    cache = _CACHE.get()
+    layers = getattr(cache, "layers", None)
+    layer = layers[layer_idx] if layers is not None and layer_idx < len(layers) else None
+    full = layer.filled_buffers(key, value) if hasattr(layer, "filled_buffers") else None
+    if full is None:
+        return key, value, key.shape[2]
+    return full[0], full[1], full[0].shape[2]
+
+
+def _keep(attention_mask: torch.Tensor | None, b: int, q: int, own: int, device: torch.device) -> torch.Tensor:
+    """(b, 1, q, own) True where a query attends to an own column."""
+    if attention_mask is None:  # no padding: causal over the own columns
+        keep = torch.arange(own, device=device)[None, :] <= torch.arange(own - q, own, device=device)[:, None]
+        return keep[None, None].expand(b, 1, q, own)
+    if attention_mask.dtype == torch.bool:
+        return attention_mask.expand(b, 1, q, own)
+    return (attention_mask == 0).expand(b, 1, q, own)  # an additive mask: 0 where attended
+
+
+def _column_bias(attention_mask: Any, shape: tuple[int, int, int], p_len: int, width: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(b, 1, q, p_len + width) additive bias: 0 over the prefix and the kept own columns, -inf elsewhere
+    (masked, or not yet filled). Built once per forward: every layer gets the same mask object."""
+    b, q, own = shape
+    key = (shape, p_len, width, dtype)
+    memo = _BIAS.get()
+    if memo is not None and memo[0] is attention_mask and memo[1] == key:
+        return memo[2]
+    bias = torch.full((b, 1, q, p_len + width), float("-inf"), dtype=dtype, device=device)
+    bias[..., :p_len] = 0
+    bias[..., p_len:p_len + own].masked_fill_(_keep(attention_mask, b, q, own, device), 0)
+    _BIAS.set((attention_mask, key, bias))
+    return bias

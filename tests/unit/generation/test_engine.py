@@ -178,6 +178,17 @@ def test_reserved_layer_appends_in_place_and_equals_concatenation():
     assert torch.equal(keys, torch.cat([torch.cat(steps, dim=2)[[0, 2]], steps[1][:2]], dim=2))
 
 
+def test_reserved_layer_exposes_its_whole_buffers_zero_past_the_filled_part():
+    layer = ReservedLayer(reserve=4)
+    k, v = torch.randn(2, 3, 5, 8), torch.randn(2, 3, 5, 8)
+    keys, values = layer.update(k, v)
+    full_k, full_v = layer.filled_buffers(keys, values)
+    assert full_k.shape == (2, 3, 9, 8) and full_k.is_contiguous()
+    assert torch.equal(full_k[:, :, :5], k) and torch.equal(full_v[:, :, :5], v)
+    assert not full_k[:, :, 5:].any() and not full_v[:, :, 5:].any()  # masked out by attention, never garbage
+    assert layer.filled_buffers(keys.clone(), values) is None  # not this layer's current view
+
+
 def test_new_cache_has_reserved_layers_and_the_same_logits(tiny64):
     model, tok = tiny64
     ids = torch.tensor(encode(tok, ["What is tea?"]))
