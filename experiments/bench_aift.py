@@ -197,7 +197,14 @@ def decode_rate(model, tok, batch: int, options=None, steps: int = 48) -> float:
 
 
 def weight_bytes(model) -> int:
-    return sum(p.numel() * p.element_size() for p in model.parameters())  # tied embeddings counted once
+    """Bytes of weights a forward reads: parameters (tied embeddings once) and packed linear weights."""
+    from srl.generation.weights import PackedLinear
+
+    packed = sum(m.packed.numel() * m.packed.element_size() for m in model.modules() if isinstance(m, PackedLinear))
+    if isinstance(model.get_output_embeddings(), PackedLinear):  # the head's packed copy is read; the input table only gathered
+        embed = model.get_input_embeddings().weight
+        packed -= embed.numel() * embed.element_size()
+    return sum(p.numel() * p.element_size() for p in model.parameters()) + packed
 
 
 def as_dtype(model, dtype: torch.dtype):
@@ -287,21 +294,22 @@ def main() -> None:
     figures["limits"] = limits
     print(f"\nmatmul 2048x2048: {limits['matmul_gflops_float32']:.1f} GFLOP/s float32, {limits['matmul_gflops_bfloat16']:.1f} bfloat16; "
           f"memory copy {limits['copy_gbps']:.1f} GB/s (read + write)")
-    print(f"{'weights':<10}{'cache':<12}{'batch':>6}{'tokens/s':>10}{'steps/s':>9}{'weight GB/s':>13}{'of copy bw':>12}")
+    print(f"{'weights':<26}{'cache':<12}{'batch':>6}{'tokens/s':>10}{'steps/s':>9}{'weight GB/s':>13}{'of copy bw':>12}")
     figures["decode"] = []
-    for dtype in ("float32", "bfloat16"):
-        m = as_dtype(model, DTYPES[dtype])
+    bf16_plain = as_dtype(model, torch.bfloat16)
+    variants = (("float32", "concatenate", model, EngineOptions(reserve_cache=False)), ("float32", "reserved", model, EngineOptions()),
+                ("bfloat16 (plain linears)", "reserved", bf16_plain, EngineOptions()))
+    if srl_name == "bfloat16":  # srl's generation copy: bfloat16, linear layers packed on a CPU
+        variants += (("bfloat16 (srl's copy)", "reserved", srl_model, EngineOptions()),)
+    for weights, cache, m, options in variants:
         nbytes = weight_bytes(m)
-        for cache, options in (("concatenate", EngineOptions(reserve_cache=False)), ("reserved", EngineOptions())):
-            if dtype == "bfloat16" and cache == "concatenate":
-                continue
-            for batch in map(int, args.decode_batches.split(",")):
-                rate = decode_rate(m, tok, batch, options)
-                steps = rate / batch
-                row = {"weights": dtype, "cache": cache, "batch": batch, "tokens_per_s": rate, "steps_per_s": steps,
-                       "weight_gbps": nbytes * steps / 1e9, "roofline_fraction": nbytes * steps / 1e9 / limits["copy_gbps"]}
-                figures["decode"].append(row)
-                print(f"{dtype:<10}{cache:<12}{batch:>6}{rate:>10.1f}{steps:>9.2f}{row['weight_gbps']:>13.2f}{100 * row['roofline_fraction']:>11.0f}%")
+        for batch in map(int, args.decode_batches.split(",")):
+            rate = decode_rate(m, tok, batch, options)
+            steps = rate / batch
+            row = {"weights": weights, "cache": cache, "batch": batch, "tokens_per_s": rate, "steps_per_s": steps,
+                   "weight_gbps": nbytes * steps / 1e9, "roofline_fraction": nbytes * steps / 1e9 / limits["copy_gbps"]}
+            figures["decode"].append(row)
+            print(f"{weights:<26}{cache:<12}{batch:>6}{rate:>10.1f}{steps:>9.2f}{row['weight_gbps']:>13.2f}{100 * row['roofline_fraction']:>11.0f}%", flush=True)
     print(json.dumps(figures))
     if args.json_out:
         args.json_out.write_text(json.dumps(figures, indent=2))

@@ -67,3 +67,48 @@ def test_slot_without_engine_settings_generates_as_loaded(tiny):
     spec = Spec(tiny)
     model, _ = ModelSlot(None, "cpu").get("m1", spec)
     assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_packed_linears_give_the_same_logits_and_tokens(tiny):
+    """A CPU bfloat16 copy's linear layers are packed for oneDNN: same logits, same greedy tokens, fewer plain layers."""
+    from srl.generation.engine import Engine
+    from srl.generation.sampling import SamplingSettings
+    from srl.generation.weights import PackedLinear, pack_linears
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("torch built without oneDNN")
+    model, tok = tiny
+    plain = copy.deepcopy(model).to(torch.bfloat16).eval()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # larger weights than the init, so that tokens depend on the context
+        for param in plain.parameters():
+            if param.dim() > 1:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    packed = copy.deepcopy(plain)
+    linears = sum(type(m) is torch.nn.Linear for m in plain.modules())
+    assert pack_linears(packed) == linears > 0
+    assert not any(type(m) is torch.nn.Linear for m in packed.modules())
+    assert sum(isinstance(m, PackedLinear) for m in packed.modules()) == linears
+    ids = torch.tensor([[5, 17, 3, 99, 42, 8, 61, 7], [9, 9, 21, 4, 4, 30, 2, 11]])
+    with torch.no_grad():
+        assert torch.equal(plain(input_ids=ids).logits, packed(input_ids=ids).logits)
+    settings = SamplingSettings(temperature=0.0, top_p=1.0, max_new_tokens=10, batch_size=4)
+    prompts = [[5, 17, 3, 99], [9, 21, 4], [42, 8, 61, 7, 2]]
+    with torch.no_grad():
+        a = Engine(plain, settings, tok.pad_token_id, []).run(prompts, [0, 1, 2])
+        b = Engine(packed, settings, tok.pad_token_id, []).run(prompts, [0, 1, 2])
+    assert a == b
+
+
+def test_slot_packs_the_bfloat16_copy_and_reloads_plain_for_training(tiny):
+    from srl.generation.weights import PackedLinear
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("torch built without oneDNN")
+    spec = Spec(tiny)
+    slot = ModelSlot(EngineSettings(weights="bfloat16"), "cpu")
+    model, _ = slot.get("m1", spec)
+    assert any(isinstance(m, PackedLinear) for m in model.modules())
+    exact, _ = slot.get("m1", spec, train=True)
+    assert not any(isinstance(m, PackedLinear) for m in exact.modules())
+    assert exact.get_output_embeddings().weight.dtype == torch.float32
