@@ -5,7 +5,7 @@ shared prefix) are prefilled into one running batch outside the profiler; then `
 steps (sampling + forward, as ``Engine.run`` does them) are timed without the profiler and profiled
 separately, and the profiled operators are grouped. Configurations: the engine before this round
 (float32, cache concatenated every step, prefix copied into every row), then each change added in turn
-(cache appended in place, prefix attended in place, bfloat16 weights).
+(cache appended in place, prefix attended in place, bfloat16 weights, linear layers packed).
 
     HF_HUB_OFFLINE=1 python experiments/profile_decode.py
 """
@@ -27,10 +27,11 @@ from srl.generation.sampling import SamplingSettings, sample_next
 CONFIGS = {
     "before: float32, concatenating cache, prefix copied per row": ("float32", EngineOptions(reserve_cache=False, shared_attention=False)),
     "+ cache appended in place": ("float32", EngineOptions(shared_attention=False)),
-    "+ prefix attended in place": ("float32", EngineOptions()),
+    "+ prefix attended in place (cache buffers read whole)": ("float32", EngineOptions()),
     "+ bfloat16 weights": ("bfloat16", EngineOptions()),
+    "+ linear layers packed (srl's generation copy)": ("bfloat16 packed", EngineOptions()),
 }
-GROUPS = {"matmul (linear layers, output head)": ("aten::mm", "aten::addmm"),
+GROUPS = {"matmul (linear layers, output head)": ("aten::mm", "aten::addmm", "mkldnn::_linear_pointwise"),
           "attention": ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::bmm", "aten::_softmax", "aten::masked_fill"),
           "cache copies": ("aten::cat", "aten::copy_", "aten::index_select", "aten::index"),
           "sampling": ("aten::topk", "aten::sort", "aten::multinomial", "aten::exp", "aten::cumsum")}
@@ -72,12 +73,15 @@ def main() -> None:
 
     from common import load_model, machine
 
+    from srl.generation.weights import to_generation_format
     from srl.judging.templates import load_judge_template
     from srl.models.chat import render_prompt
 
     model, tok = load_model(args.model)
     model.eval()
-    models = {"float32": model, "bfloat16": copy.deepcopy(model).to(torch.bfloat16)}
+    packed = copy.deepcopy(model)
+    to_generation_format(packed, "bfloat16")
+    models = {"float32": model, "bfloat16": copy.deepcopy(model).to(torch.bfloat16), "bfloat16 packed": packed}
     template = load_judge_template()
     figures: dict = {"machine": machine(), "model": args.model, "steps": args.steps, "rows": []}
     for batch in map(int, args.batches.split(",")):

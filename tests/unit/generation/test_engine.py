@@ -12,7 +12,7 @@ import dataclasses
 import pytest
 import torch
 
-from srl.generation.engine import Engine, EngineOptions
+from srl.generation.engine import Engine, EngineOptions, length_buckets
 from srl.generation.kv_cache import ReservedLayer, common_prefix_length, forward_kwargs, kv_bytes_per_token, new_cache
 from srl.generation.sample import stop_token_ids
 from srl.generation.sampling import SamplingSettings
@@ -122,6 +122,25 @@ def test_sampling_identical_with_and_without_the_optimisations(tiny64, sampled, 
     assert engine.prefill_tokens == engine.prefix_len + sum(len(p) - engine.prefix_len for p in distinct)
     assert reference.prefill_tokens == sum(len(p) for p in prompts)
     assert engine.forwards < reference.forwards
+
+
+def test_length_buckets_by_hand():
+    groups = [([0] * n, [i]) for i, n in enumerate([100, 90, 75, 74, 40, 30, 29, 5])]
+    lengths = [[len(g[0]) for g in b] for b in length_buckets(groups, 0.75)]
+    assert lengths == [[100, 90, 75], [74], [40, 30], [29], [5]]
+    assert len(length_buckets(groups, 0.0)) == 1 and len(length_buckets(groups, 1.0)) == len(groups)
+
+
+def test_prefill_in_length_buckets_pads_less_and_samples_the_same(tiny64, sampled):
+    model, tok = tiny64
+    prompts, seeds, stops, slow, _ = sampled
+    settings = dataclasses.replace(SAMPLED, batch_size=32)
+    one, single = run(model, tok, prompts, seeds, settings, EngineOptions(prefill_bucket=0.0), stops=stops)
+    split, bucketed = run(model, tok, prompts, seeds, settings, EngineOptions(), stops=stops)
+    assert split == one == slow
+    assert bucketed.prefill_tokens == single.prefill_tokens  # the same real tokens ...
+    assert bucketed.prefill_positions < single.prefill_positions  # ... with less padding
+    assert bucketed.forwards > single.forwards  # in more prefill forwards
 
 
 def test_token_budget_limits_the_running_batch(tiny64):
